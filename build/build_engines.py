@@ -1,0 +1,106 @@
+"""Export a YOLOv8 checkpoint into the Triton model repository.
+
+    python build/build_engines.py [--weights yolov8n.pt] [--imgsz 640] [--fallback]
+
+Writes the ONNX detector for every ONNX variant, a TensorRT plan where TensorRT is present,
+and every config.pbtxt (rendered from yolo_triton.spec for this checkpoint's input size and
+classes). Re-running with the same checkpoint and size does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from yolo_triton import export, repository, spec
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_WEIGHTS = ROOT / "assets" / "demo" / "yolov8n-shapes.pt"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str]:
+    try:
+        return export.load(weights), weights
+    except export.WeightsUnavailable as e:
+        if not fallback:
+            raise
+        if DEMO_WEIGHTS.exists():
+            alt = str(DEMO_WEIGHTS.relative_to(ROOT))
+            print(f"build-engines: {weights} unavailable; FALLING BACK to the shipped demo checkpoint {alt} "
+                  "(3 classes: circle, rectangle, triangle)", flush=True)
+        else:
+            alt = "yolov8n.yaml"
+            print(f"build-engines: {weights} unavailable; FALLING BACK to yolov8n.yaml with seeded random "
+                  "weights: detections will be MEANINGLESS", flush=True)
+        del e
+        return export.load(alt), alt
+
+
+def _up_to_date(repo: Path, facts: repository.ModelFacts, weights: str) -> bool:
+    onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
+    try:
+        old = repository.read_facts(repo)
+    except (OSError, ValueError, KeyError):
+        return False
+    src = Path(weights)
+    fresh = not src.exists() or src.stat().st_mtime <= onnx.stat().st_mtime if onnx.exists() else False
+    return old == facts and fresh
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=export.DEFAULT_WEIGHTS,
+                    help="checkpoint (.pt; yolov8n.pt downloads where there is internet) or architecture .yaml")
+    ap.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's)")
+    ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    ap.add_argument("--fallback", action="store_true",
+                    help="if the weights cannot be had, use the shipped demo checkpoint instead of failing")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the artefacts are up to date")
+    ap.add_argument("--trt-precision", choices=("fp16", "fp32", "int8"), default="fp16")
+    ap.add_argument("--calib-images", type=Path, default=None, help="images for INT8 calibration")
+    args = ap.parse_args(argv)
+
+    try:
+        model, used = _load_with_fallback(args.weights, args.fallback)
+        facts = export.facts_of(model, used, args.imgsz)
+    except (export.WeightsUnavailable, ValueError) as e:
+        print(f"build-engines: {e}", file=sys.stderr)
+        return 2
+
+    repo: Path = args.repo
+    if not args.force and _up_to_date(repo, facts, used):
+        print(f"build-engines: up to date ({used}, imgsz {facts.imgsz}, {len(facts.names)} classes)")
+        repository.write(repo, facts)
+        return 0
+
+    onnx = export.export_onnx(model, facts, repo / spec.variant("ort").detector / "1" / "model.onnx")
+    for v in spec.VARIANTS:
+        if v.artefact == "model.onnx" and v.detector != "detector_ort":
+            _link_or_copy(onnx, repo / v.detector / "1" / "model.onnx")
+    repository.write(repo, facts)
+    print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
+          f"{len(facts.names)} classes, dynamic batch)", flush=True)
+
+    from yolo_triton import gpu_export, tensorrt_build
+
+    print(f"build-engines: {gpu_export.export_for_gpu(model, facts, repo)}", flush=True)
+    trt = tensorrt_build.build_for_repository(onnx, facts, repo, args.trt_precision, args.calib_images)
+    print(f"build-engines: {trt}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Batch-level postprocess shared by the server model and by offline (client-side) decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from yolo_triton.geometry import unletterbox
+from yolo_triton.nms import Detections, decode
+
+
+def postprocess_one(raw: np.ndarray, lb: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+    """One image: (4 + nc, anchors) output and its LETTERBOX row -> detections in image pixels."""
+    det = decode(raw, conf, iou, max_det)
+    return Detections(unletterbox(det.boxes, lb), det.scores, det.classes) if len(det.scores) else det
+
+
+def pad_batch(dets: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stack per-image detections into BOXES, SCORES, CLASSES (padded) and NUM_DETECTIONS."""
+    n = len(dets)
+    most = max((len(d.scores) for d in dets), default=0)
+    boxes = np.zeros((n, most, 4), np.float32)
+    scores = np.zeros((n, most), np.float32)
+    classes = np.full((n, most), -1, np.int32)
+    counts = np.zeros((n, 1), np.int32)
+    for i, d in enumerate(dets):
+        k = len(d.scores)
+        boxes[i, :k], scores[i, :k], classes[i, :k], counts[i, 0] = d.boxes, d.scores, d.classes, k
+    return boxes, scores, classes, counts
+
+
+def postprocess_batch(
+    raw: np.ndarray, lb: np.ndarray, limits: list[tuple[float, float, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return pad_batch([postprocess_one(raw[i], lb[i], *limits[i]) for i in range(raw.shape[0])])
+
+
+def unpad(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, counts: np.ndarray) -> list[Detections]:
+    """Inverse of pad_batch: what a client does with a response."""
+    return [
+        Detections(boxes[i, : int(c)], scores[i, : int(c)], classes[i, : int(c)])
+        for i, c in enumerate(np.asarray(counts).reshape(-1))
+    ]

@@ -1,0 +1,239 @@
+"""Render every config.pbtxt of the model repository from `spec` and the checkpoint's facts.
+
+Configs are generated, not hand-written: the detector's dims depend on the checkpoint (input
+size, number of classes), and the pre/post models must agree with the detector tensor for
+tensor. Building them as `ModelConfig` protobufs means an invalid field fails here, at build
+time, instead of at server start.
+
+Batching choices (why the numbers are what they are):
+- Every step has `max_batch_size = spec.MAX_BATCH` and a dynamic batcher, so concurrent
+  requests flow through the whole ensemble as batches.
+- IMAGE allows ragged batches: the python preprocess receives each request separately anyway,
+  so images of different sizes can share one execute() call.
+- Only the detector waits (a short queue delay) to form batches: it is the one step whose cost
+  per image falls with batch size. Pre/post take whatever is queued at once.
+- One instance per CPU step: ONNX Runtime already uses every core for one batch, and more
+  instances would only contend for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from yolo_triton import spec
+
+_DTYPES = {
+    "TYPE_UINT8": mc.TYPE_UINT8,
+    "TYPE_INT32": mc.TYPE_INT32,
+    "TYPE_INT64": mc.TYPE_INT64,
+    "TYPE_FP16": mc.TYPE_FP16,
+    "TYPE_FP32": mc.TYPE_FP32,
+    "TYPE_STRING": mc.TYPE_STRING,
+}
+DETECTOR_QUEUE_DELAY_US = 2000
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the checkpoint says about itself; recorded next to the artefacts."""
+
+    imgsz: int
+    names: tuple[str, ...]
+    source: str
+
+    @property
+    def num_outputs(self) -> int:
+        return 4 + len(self.names)
+
+    @property
+    def num_anchors(self) -> int:
+        return sum((self.imgsz // s) ** 2 for s in (8, 16, 32))
+
+    def to_json(self) -> str:
+        return json.dumps({"imgsz": self.imgsz, "names": list(self.names), "source": self.source}, indent=1)
+
+    @staticmethod
+    def from_json(text: str) -> ModelFacts:
+        d = json.loads(text)
+        return ModelFacts(int(d["imgsz"]), tuple(d["names"]), str(d.get("source", "")))
+
+
+def _tensor(msg: mc.ModelInput | mc.ModelOutput, t: spec.TensorSpec) -> None:
+    msg.name = t.name
+    msg.data_type = _DTYPES[t.config_dtype]
+    msg.dims.extend(t.dims)
+
+
+def _base(model: spec.ModelSpec, max_batch: int = spec.MAX_BATCH) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=model.name, max_batch_size=max_batch)
+    if model.backend:
+        cfg.backend = model.backend
+    if model.platform:
+        cfg.platform = model.platform
+    for t in model.inputs:
+        i = cfg.input.add()
+        _tensor(i, t)
+        i.optional = t.optional
+        if t is spec.IMAGE:
+            i.allow_ragged_batch = True
+    for t in model.outputs:
+        _tensor(cfg.output.add(), t)
+    return cfg
+
+
+def _instances(cfg: mc.ModelConfig, gpu: bool, count: int = 1) -> None:
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(kind=kind, count=count)
+
+
+def _facts_params(cfg: mc.ModelConfig, facts: ModelFacts) -> None:
+    cfg.parameters["imgsz"].string_value = str(facts.imgsz)
+    cfg.parameters["names"].string_value = json.dumps(list(facts.names))
+
+
+def preprocess_config(name: str, facts: ModelFacts, gpu: bool = False) -> mc.ModelConfig:
+    cfg = _base(spec.ModelSpec(name, "python", spec.PREPROCESS.inputs, spec.PREPROCESS.outputs))
+    cfg.dynamic_batching.SetInParent()
+    _instances(cfg, gpu)
+    _facts_params(cfg, facts)
+    return cfg
+
+
+def postprocess_config(name: str, facts: ModelFacts, gpu: bool = False) -> mc.ModelConfig:
+    cfg = _base(spec.ModelSpec(name, "python", spec.POSTPROCESS.inputs, spec.POSTPROCESS.outputs))
+    cfg.dynamic_batching.SetInParent()
+    _instances(cfg, gpu)
+    _facts_params(cfg, facts)
+    return cfg
+
+
+def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
+    model = spec.detector_spec(v, facts.imgsz, facts.num_outputs, facts.num_anchors)
+    if v.backend == "tensorrt":
+        model = spec.ModelSpec(model.name, "", model.inputs, model.outputs, platform="tensorrt_plan")
+    cfg = _base(model)
+    db = cfg.dynamic_batching
+    db.preferred_batch_size.extend(b for b in (4, 8, 16, 32) if b <= spec.MAX_BATCH)
+    db.max_queue_delay_microseconds = DETECTOR_QUEUE_DELAY_US
+    gpu = "gpu" in v.needs
+    _instances(cfg, gpu)
+    if v.backend == "onnxruntime":
+        cfg.default_model_filename = v.artefact
+        # Threads: all cores for one batch; one instance (see module docstring).
+        cfg.parameters["intra_op_thread_count"].string_value = "0"
+        cfg.parameters["enable_mem_arena"].string_value = "1"
+        if v.key == "onnx_trt":
+            acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            acc.parameters["precision_mode"] = "FP16"
+            acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+            acc.parameters["trt_engine_cache_enable"] = "1"
+            acc.parameters["trt_engine_cache_path"] = "/tmp/yolo_triton_trt_cache"
+    elif v.backend == "tensorrt":
+        cfg.default_model_filename = v.artefact
+    else:
+        cfg.parameters["artefact"].string_value = v.artefact
+    if v.backend in ("onnxruntime", "tensorrt"):
+        _warmup(cfg, model.inputs[0])
+    return cfg
+
+
+def _warmup(cfg: mc.ModelConfig, t: spec.TensorSpec) -> None:
+    """Native backends run one zero batch at load, so the first client request is not slow."""
+    w = cfg.model_warmup.add(name="zeros", batch_size=1)
+    inp = w.inputs[t.name]
+    inp.data_type = _DTYPES[t.config_dtype]
+    inp.dims.extend(t.dims)
+    inp.zero_data = True
+
+
+def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
+    cfg = _base(spec.ModelSpec(name, "", spec.ENSEMBLE_INPUTS, spec.ENSEMBLE_OUTPUTS, platform="ensemble"))
+    _facts_params(cfg, facts)
+    cfg.parameters["variant"].string_value = v.key
+    steps = cfg.ensemble_scheduling
+    pre = steps.step.add(model_name=v.preprocess, model_version=-1)
+    pre.input_map[spec.IMAGE.name] = spec.IMAGE.name
+    pre.output_map[spec.PIXELS.name] = "pixels"
+    pre.output_map[spec.LETTERBOX.name] = "letterbox"
+    det = steps.step.add(model_name=v.detector, model_version=-1)
+    det.input_map[spec.PIXELS.name] = "pixels"
+    det.output_map[spec.RAW.name] = "raw"
+    post = steps.step.add(model_name=v.postprocess, model_version=-1)
+    post.input_map[spec.RAW.name] = "raw"
+    post.input_map[spec.LETTERBOX.name] = "letterbox"
+    for t in (spec.CONF_THRESHOLD, spec.IOU_THRESHOLD, spec.MAX_DETECTIONS):
+        post.input_map[t.name] = t.name
+    for t in spec.ENSEMBLE_OUTPUTS:
+        post.output_map[t.name] = t.name
+    return cfg
+
+
+def render(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def all_configs(facts: ModelFacts) -> dict[str, mc.ModelConfig]:
+    """Every model directory's config, keyed by model name (the alias is added at serve time)."""
+    out: dict[str, mc.ModelConfig] = {}
+    for gpu, pre, post in ((False, "preprocess", "postprocess"), (True, "preprocess_gpu", "postprocess_gpu")):
+        out[pre] = preprocess_config(pre, facts, gpu)
+        out[post] = postprocess_config(post, facts, gpu)
+    for v in spec.VARIANTS:
+        out[v.detector] = detector_config(v, facts)
+        out[v.ensemble] = ensemble_config(v.ensemble, v, facts)
+    return out
+
+
+def write(root: Path, facts: ModelFacts) -> None:
+    """Write every config and the facts file; version folders are created for all models."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, cfg in all_configs(facts).items():
+        d = root / name
+        (d / "1").mkdir(parents=True, exist_ok=True)
+        _atomic_write(d / "config.pbtxt", render(cfg))
+    _atomic_write(root / FACTS_FILE, facts.to_json())
+    _link_sources(root)
+
+
+def _link_sources(root: Path) -> None:
+    """A repository built elsewhere (tests, benchmarks) runs the project's python models."""
+    if root.resolve() == SOURCE_REPO.resolve():
+        return
+    for src in SOURCE_REPO.glob("*/1/model.py"):
+        dst = root / src.parent.parent.name / "1" / "model.py"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.is_symlink():
+            dst.unlink(missing_ok=True)
+            dst.symlink_to(src)
+
+
+def write_alias(root: Path, v: spec.Variant) -> None:
+    """Make `yolov8n` an ensemble identical to the chosen variant's."""
+    cfg = parse((root / v.ensemble / "config.pbtxt").read_text())
+    cfg.name = spec.ALIAS
+    (root / spec.ALIAS / "1").mkdir(parents=True, exist_ok=True)
+    _atomic_write(root / spec.ALIAS / "config.pbtxt", render(cfg))
+
+
+def read_facts(root: Path) -> ModelFacts:
+    return ModelFacts.from_json((root / FACTS_FILE).read_text())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+FACTS_FILE = "artefact.json"
+SOURCE_REPO = Path(__file__).resolve().parents[1] / "model_repository"

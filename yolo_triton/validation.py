@@ -1,0 +1,77 @@
+"""Checks on what arrives from outside, shared by the server models and the clients.
+
+Every failure is an `InputError` whose message names the tensor and the problem; the
+python-backend models turn it into an INVALID_ARG response, so a bad request never takes
+the model (or the batch it was grouped with) down.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from yolo_triton import spec
+
+
+class InputError(ValueError):
+    """A request that cannot be served as sent."""
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+    """A batch of decoded images: uint8, shape (batch, height, width, 3), within size bounds."""
+    name = spec.IMAGE.name
+    if images.dtype != np.uint8:
+        raise InputError(f"{name}: dtype must be uint8 (decoded HWC BGR pixels), got {images.dtype}")
+    if images.ndim != 4:
+        raise InputError(
+            f"{name}: expected shape [batch, height, width, 3], got rank {images.ndim} {list(images.shape)}"
+        )
+    batch, h, w, c = images.shape
+    if batch < 1:
+        raise InputError(f"{name}: empty batch")
+    if batch > spec.MAX_BATCH:
+        raise InputError(f"{name}: batch of {batch} exceeds the limit of {spec.MAX_BATCH}")
+    if c != 3:
+        raise InputError(f"{name}: expected 3 channels (BGR), got {c}; convert grayscale/RGBA before sending")
+    if h < 1 or w < 1:
+        raise InputError(f"{name}: image has zero size {h}x{w}")
+    if max(h, w) > spec.MAX_IMAGE_SIDE or h * w > spec.MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{name}: image {w}x{h} exceeds the limit ({spec.MAX_IMAGE_SIDE} px per side, "
+            f"{spec.MAX_IMAGE_PIXELS} px in all); downscale it before sending"
+        )
+    return images
+
+
+def _scalar(name: str, value: np.ndarray | None, batch: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    flat = np.asarray(value).reshape(-1)
+    if flat.size not in (1, batch):
+        raise InputError(f"{name}: expected one value per image (shape [batch, 1]), got {list(value.shape)}")
+    return np.broadcast_to(flat, (batch,))
+
+
+def check_thresholds(
+    batch: int,
+    conf: np.ndarray | None,
+    iou: np.ndarray | None,
+    max_det: np.ndarray | None,
+) -> list[tuple[float, float, int]]:
+    """Per-image (conf, iou, max_det), with Ultralytics' defaults where a tensor is absent."""
+    confs = _scalar(spec.CONF_THRESHOLD.name, conf, batch)
+    ious = _scalar(spec.IOU_THRESHOLD.name, iou, batch)
+    dets = _scalar(spec.MAX_DETECTIONS.name, max_det, batch)
+    out = []
+    for i in range(batch):
+        c = spec.DEFAULT_CONF if confs is None else float(confs[i])
+        u = spec.DEFAULT_IOU if ious is None else float(ious[i])
+        m = spec.DEFAULT_MAX_DET if dets is None else int(dets[i])
+        for tname, v in ((spec.CONF_THRESHOLD.name, c), (spec.IOU_THRESHOLD.name, u)):
+            if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+                raise InputError(f"{tname}: must be a finite number in [0, 1], got {v}")
+        if not 1 <= m <= 10_000:
+            raise InputError(f"{spec.MAX_DETECTIONS.name}: must be in [1, 10000], got {m}")
+        out.append((c, u, m))
+    return out
