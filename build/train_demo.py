@@ -62,9 +62,11 @@ def train(args: argparse.Namespace) -> Path:
         pretrained=False,
         seed=args.seed,
         deterministic=True,
-        warmup_epochs=1.0,
+        optimizer="AdamW",
+        lr0=args.lr0,
+        warmup_epochs=0.5,
         close_mosaic=args.close_mosaic,
-        cache="ram",
+        cache=False,
         plots=False,
         amp=False,
         project=str(project),
@@ -78,13 +80,20 @@ def train(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataset_args(parser)
-    parser.add_argument("--epochs", type=int, default=20, help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
     parser.add_argument("--imgsz", type=int, default=320, help="(default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=16, help="(default: %(default)s)")
-    parser.add_argument("--close-mosaic", type=int, default=3, help="mosaic-free final epochs (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=8, help="(default: %(default)s)")
+    parser.add_argument("--lr0", type=float, default=0.002, help="AdamW learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--close-mosaic", type=int, default=1, help="mosaic-free final epochs (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    parser.add_argument("--name", default="shapes", help="run name under runs/train_demo (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint copy (default: %(default)s)")
+    parser.add_argument(
+        "--name", default="shapes", help="run name under runs/train_demo (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="checkpoint copy (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()

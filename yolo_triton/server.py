@@ -11,6 +11,7 @@ loaded; the rest are named with the reason. `yolov8n` is pointed at the best loa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,6 +284,21 @@ class Server:
         lines.append(f"yolov8n -> {self.plan.alias.ensemble if self.plan.alias else '-'}")
         lines += [f"skipped {name}: {why}" for name, why in self.plan.skipped.items()]
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def running(url: str | None = None, repo: Path = DEFAULT_REPO, log: Path | None = None,
+            only: list[str] | None = None) -> Iterator[Server | None]:
+    """Use the server at `url` if given; otherwise start one on free ports for the duration.
+
+    Yields the Server it started (None when `url` was given), so measurement tools can both
+    target a running deployment and work alone on a fresh clone.
+    """
+    if url:
+        yield None
+        return
+    with Server(repo, log=log, only=only) as server:
+        yield server
 
 
 def main(argv: list[str] | None = None) -> int:

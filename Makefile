@@ -1,0 +1,62 @@
+# Front door. `make help` lists the targets; every target runs `setup` first, so a fresh clone
+# needs nothing else.
+SHELL := /bin/bash
+PY := .venv/bin/python
+WEIGHTS ?= yolov8n.pt
+IMGSZ ?=
+GRPC_PORT ?= 8001
+HTTP_PORT ?= 8000
+METRICS_PORT ?= 8002
+HOST ?= 127.0.0.1
+MODEL ?= yolov8n
+export GRPC_PORT HTTP_PORT METRICS_PORT HOST
+
+IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
+
+.PHONY: help setup build-engines serve demo test lint eval perf locust compare report bench-cpu bench-gpu clean
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+setup: ## create .venv with the pinned dependencies (quick when done)
+	@bash build/setup.sh
+
+build-engines: setup ## export WEIGHTS (default yolov8n.pt) to ONNX (+ TensorRT where present) into model_repository/
+	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG)
+
+serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1) and GRPC_PORT/HTTP_PORT/METRICS_PORT
+	@$(PY) -m yolo_triton.server
+
+demo: setup ## the main job: build, serve, detect on assets/samples, per-stage times, annotated images in runs/demo
+	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(if $(filter command line,$(origin WEIGHTS)),,--fallback)
+	@$(PY) clients/demo.py
+
+test: setup ## run the test suite (starts real tritonservers on free ports)
+	@$(PY) -m pytest -q -rs
+
+lint: setup ## ruff
+	@$(PY) -m ruff check .
+
+eval: setup ## served vs Ultralytics mAP on a YOLO dataset (DATA=data.yaml, default the shapes val split)
+	@$(PY) clients/evaluate.py $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(DATA),--data $(DATA),)
+
+perf: setup ## perf_analyzer concurrency + request-rate sweeps per variant -> runs/perf/<timestamp>/
+	@$(PY) perf/perf_sweep.py $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(if $(URL),--url $(URL),)
+
+locust: setup ## Locust gRPC load test (USERS, SPAWN_RATE, DURATION) -> runs/locust/<timestamp>/
+	@$(PY) perf/locust_run.py $(if $(USERS),--users $(USERS),) $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE),) $(if $(DURATION),--duration $(DURATION),) $(if $(URL),--url $(URL),)
+
+compare: setup ## YOLOv8n vs YOLOv5n stage by stage, plus every served variant -> runs/compare/<timestamp>/
+	@$(PY) perf/compare.py
+
+report: setup ## one Markdown report with plots from the latest perf, locust and compare runs -> runs/report/
+	@$(PY) perf/report.py
+
+bench-cpu: setup ## raw ONNX Runtime vs served ensemble vs Ultralytics predict, with ratios
+	@$(PY) perf/bench_cpu.py
+
+bench-gpu: setup ## GPU ensemble vs raw FP16 CUDA-graph network vs Ultralytics predict (on a GPU machine)
+	@$(PY) perf/bench_gpu.py
+
+clean: ## remove generated artefacts (model files, configs, runs/), keep .venv
+	@git clean -fdX model_repository runs >/dev/null; echo "clean: model_repository artefacts and runs/ removed"

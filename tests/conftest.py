@@ -1,0 +1,78 @@
+"""Shared fixtures: a model repository built from the shipped demo checkpoint, and a real
+tritonserver on free local ports serving it (one per test session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from yolo_triton import repository
+from yolo_triton.client import DetectorClient
+from yolo_triton.server import Server
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_WEIGHTS = ROOT / "assets" / "demo" / "yolov8n-shapes.pt"
+SAMPLES = ROOT / "assets" / "samples"
+
+
+def build_repo(weights: Path | str, dest: Path, imgsz: int | None = None) -> Path:
+    import build_engines  # build/ is on sys.path (see pytest_configure)
+
+    args = ["--weights", str(weights), "--repo", str(dest)]
+    if imgsz:
+        args += ["--imgsz", str(imgsz)]
+    assert build_engines.main(args) == 0
+    return dest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "build"))
+    sys.path.insert(0, str(ROOT / "clients"))
+    os.environ.setdefault("YOLO_ORT_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def weights() -> Path:
+    assert DEMO_WEIGHTS.exists(), f"{DEMO_WEIGHTS} missing: it ships with the project"
+    return DEMO_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def repo(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repo(weights, tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def facts(repo: Path) -> repository.ModelFacts:
+    return repository.read_facts(repo)
+
+
+@pytest.fixture(scope="session")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    with Server(repo, log=log) as s:
+        yield s
+
+
+@pytest.fixture()
+def client(server: Server):
+    with DetectorClient(server.url, timeout_s=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def ultralytics_model(weights: Path):
+    from ultralytics import YOLO
+
+    return YOLO(str(weights))
+
+
+def sample_images() -> dict[str, np.ndarray]:
+    """The shipped samples, read as BGR."""
+    return {p.name: cv2.imread(str(p)) for p in sorted(SAMPLES.glob("*.jpg"))}

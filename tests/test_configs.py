@@ -1,0 +1,83 @@
+"""Every generated config parses, and names tensors the models really have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from yolo_triton import repository, spec
+
+
+def _configs(repo: Path) -> dict[str, object]:
+    return {p.parent.name: repository.parse(p.read_text()) for p in sorted(repo.glob("*/config.pbtxt"))}
+
+
+def test_every_model_directory_has_a_parsable_config(repo):
+    configs = _configs(repo)
+    expected = {"preprocess", "postprocess", "preprocess_gpu", "postprocess_gpu"}
+    expected |= {v.detector for v in spec.VARIANTS} | {v.ensemble for v in spec.VARIANTS}
+    assert expected <= set(configs)
+    for name, cfg in configs.items():
+        assert cfg.name == name
+        assert cfg.max_batch_size == spec.MAX_BATCH
+
+
+def test_python_models_declare_the_spec_tensors(repo):
+    configs = _configs(repo)
+    for model in (spec.PREPROCESS, spec.POSTPROCESS):
+        cfg = configs[model.name]
+        assert [i.name for i in cfg.input] == [t.name for t in model.inputs]
+        assert [o.name for o in cfg.output] == [t.name for t in model.outputs]
+        assert [list(i.dims) for i in cfg.input] == [list(t.dims) for t in model.inputs]
+        assert [i.optional for i in cfg.input] == [t.optional for t in model.inputs]
+
+
+def test_detector_configs_match_the_onnx_model(repo, facts):
+    model = onnx.load(str(repo / "detector_ort" / "1" / "model.onnx"))
+    graph_in = {i.name: i for i in model.graph.input}
+    graph_out = {o.name: o for o in model.graph.output}
+    for v in spec.VARIANTS:
+        cfg = _configs(repo)[v.detector]
+        for tensors, graph in ((cfg.input, graph_in), (cfg.output, graph_out)):
+            for t in tensors:
+                assert t.name in graph, f"{v.detector}: {t.name} is not a tensor of the ONNX model"
+                dims = graph[t.name].type.tensor_type.shape.dim
+                assert dims[0].dim_param, "batch axis must be dynamic"
+                for d, want in zip(dims[1:], t.dims):
+                    assert not d.dim_value or d.dim_value == want, f"{t.name}: model {d} vs config {want}"
+    cfg = _configs(repo)["detector_ort"]
+    assert list(cfg.input[0].dims) == [3, facts.imgsz, facts.imgsz]
+    assert list(cfg.output[0].dims) == [4 + len(facts.names), facts.num_anchors]
+
+
+@pytest.mark.parametrize("variant", spec.VARIANTS, ids=lambda v: v.key)
+def test_ensemble_wiring_is_closed(repo, variant):
+    configs = _configs(repo)
+    ens = configs[variant.ensemble]
+    assert ens.platform == "ensemble"
+    produced = {i.name for i in ens.input}
+    for step in ens.ensemble_scheduling.step:
+        target = configs[step.model_name]
+        assert set(step.input_map) <= {i.name for i in target.input}, step.model_name
+        assert set(step.output_map) <= {o.name for o in target.output}, step.model_name
+        required = {i.name for i in target.input if not i.optional}
+        assert required <= set(step.input_map), f"{step.model_name} misses {required - set(step.input_map)}"
+        assert set(step.input_map.values()) <= produced, f"{step.model_name} reads a tensor nothing produced"
+        produced |= set(step.output_map.values())
+    assert {o.name for o in ens.output} <= produced
+
+
+def test_configs_carry_the_checkpoint_facts(repo, facts):
+    import json
+
+    cfg = _configs(repo)[spec.variant("ort").ensemble]
+    assert json.loads(cfg.parameters["names"].string_value) == list(facts.names)
+    assert int(cfg.parameters["imgsz"].string_value) == facts.imgsz
+
+
+def test_rendering_is_deterministic(facts):
+    a = {k: repository.render(c) for k, c in repository.all_configs(facts).items()}
+    b = {k: repository.render(c) for k, c in repository.all_configs(facts).items()}
+    assert a == b

@@ -1,0 +1,105 @@
+"""The real tritonserver serving the ensemble over gRPC."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import numpy as np
+import pytest
+
+from conftest import sample_images
+from yolo_triton import spec
+from yolo_triton.client import DetectorClient
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def assert_same_detections(ours, boxes, scores, classes, iou_min=0.99, score_tol=1e-3):
+    """Each detection matched one to one, in score order: IoU, class and score agree."""
+    assert len(ours.scores) == len(scores), f"{len(ours.scores)} served vs {len(scores)} reference"
+    if not len(scores):
+        return
+    ious = iou_matrix(ours.boxes, boxes)
+    for i in range(len(scores)):
+        j = int(np.argmax(ious[i]))
+        assert ious[i, j] >= iou_min, f"detection {i}: best IoU {ious[i, j]:.4f}"
+        assert ours.classes[i] == classes[j]
+        assert abs(float(ours.scores[i]) - float(scores[j])) <= score_tol
+
+
+@pytest.mark.parametrize(
+    "shape", [(1080, 810), (720, 1280), (8, 8), (1, 1), (3000, 4000), (40, 1500), (640, 640)],
+    ids=["portrait", "landscape", "tiny", "one-pixel", "large", "extreme-aspect", "square"],
+)
+def test_ensemble_answers_any_size(client, facts, shape):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+    result = client.detect(image, conf=0.01)
+    det = result.detections
+    h, w = shape
+    assert det.boxes.shape[1] == 4 and len(det.boxes) == len(det.scores) == len(det.classes)
+    assert (det.boxes[:, [0, 2]] >= 0).all() and (det.boxes[:, [0, 2]] <= w).all()
+    assert (det.boxes[:, [1, 3]] >= 0).all() and (det.boxes[:, [1, 3]] <= h).all()
+    assert ((det.scores > 0.01) & (det.scores <= 1)).all()
+    assert ((det.classes >= 0) & (det.classes < len(facts.names))).all()
+    assert result.latency_ms > 0
+
+
+def test_served_boxes_equal_ultralytics_predict(client, facts, ultralytics_model):
+    """Same weights, same square letterbox (rect=False) on both sides."""
+    total = 0
+    for name, image in sample_images().items():
+        ours = client.detect(image).detections
+        ref = ultralytics_model.predict(image, imgsz=facts.imgsz, rect=False, conf=0.25, iou=0.7, verbose=False)[0]
+        b = ref.boxes
+        assert_same_detections(ours, b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int))
+        total += len(ours.scores)
+    assert total > 0, "the parity check needs weights that detect something"
+
+
+def test_thresholds_are_per_request(client):
+    image = next(iter(sample_images().values()))
+    loose = client.detect(image, conf=0.05).detections
+    default = client.detect(image).detections
+    strict = client.detect(image, conf=0.8).detections
+    one = client.detect(image, conf=0.05, max_det=1).detections
+    assert len(loose.scores) >= len(default.scores) >= len(strict.scores)
+    assert len(loose.scores) > len(strict.scores)
+    assert (default.scores > spec.DEFAULT_CONF).all() and (strict.scores > 0.8).all()
+    assert len(one.scores) == 1 and one.scores[0] == loose.scores[0]
+
+
+def test_batched_request_equals_single_requests(client):
+    image = next(iter(sample_images().values()))
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    batch, _ = client.infer(np.stack([image, flipped, image]))
+    for got, img in zip(batch, [image, flipped, image]):
+        single = client.detect(img).detections
+        assert_same_detections(got, single.boxes, single.scores, single.classes, iou_min=0.9999, score_tol=1e-6)
+
+
+def test_concurrent_mixed_sizes_equal_single_requests(server):
+    """Requests of different sizes batched together by the server give the answers they get alone."""
+    images = list(sample_images().values())
+    images += [np.ascontiguousarray(im[: im.shape[0] // 2]) for im in images]
+    with DetectorClient(server.url, timeout_s=120) as c:
+        alone = [c.detect(im).detections for im in images]
+    def one(im):  # noqa: ANN001, ANN202
+        with DetectorClient(server.url, timeout_s=120) as c:
+            return c.detect(im).detections
+    with cf.ThreadPoolExecutor(len(images)) as pool:
+        together = list(pool.map(one, images * 2))
+    for got, want in zip(together, alone * 2):
+        assert_same_detections(got, want.boxes, want.scores, want.classes, iou_min=0.9999, score_tol=1e-5)
+
+
+def test_alias_serves_the_cpu_default(client):
+    cfg = client.client.get_model_config(spec.ALIAS, as_json=True)["config"]
+    assert cfg["parameters"]["variant"]["string_value"] == "ort"
+    assert client.names == ("circle", "rectangle", "triangle")

@@ -1,0 +1,61 @@
+"""Per-stage server time from Triton's statistics API.
+
+Statistics are cumulative since load, so a measurement takes a snapshot before and after and
+reports the difference: what the stages spent on exactly the requests in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(frozen=True)
+class StageTime:
+    model: str
+    count: int  # requests (inferences) the model served
+    executions: int  # execute() calls: count / executions is the mean batch size
+    ms: dict[str, float]  # mean per request, by phase
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.ms.values())
+
+
+def snapshot(stats_json: dict) -> dict[str, dict]:
+    """{model: {'count', 'executions', phase: ns}} from get_inference_statistics(as_json=True)."""
+    out: dict[str, dict] = {}
+    for m in stats_json.get("model_stats", []):
+        inf = m.get("inference_stats", {})
+        entry = {"count": int(inf.get("success", {}).get("count", 0)), "executions": int(m.get("execution_count", 0))}
+        for p in PHASES:
+            entry[p] = int(inf.get(p, {}).get("ns", 0))
+        out[m["name"]] = entry
+    return out
+
+
+def diff(before: dict[str, dict], after: dict[str, dict], models: list[str] | None = None) -> list[StageTime]:
+    rows = []
+    for name in models or sorted(after):
+        a, b = after.get(name), before.get(name, {})
+        if a is None:
+            continue
+        count = a["count"] - b.get("count", 0)
+        if count <= 0:
+            continue
+        execs = a["executions"] - b.get("executions", 0)
+        ms = {p: (a[p] - b.get(p, 0)) / count / 1e6 for p in PHASES}
+        rows.append(StageTime(name, count, execs, ms))
+    return rows
+
+
+def table(rows: list[StageTime]) -> str:
+    head = f"{'model':<20}{'requests':>9}{'batch':>7}" + "".join(f"{p:>16}" for p in PHASES) + f"{'total ms':>10}"
+    lines = [head]
+    for r in rows:
+        batch = r.count / r.executions if r.executions else 0.0
+        lines.append(
+            f"{r.model:<20}{r.count:>9}{batch:>7.1f}" + "".join(f"{r.ms[p]:>16.3f}" for p in PHASES) + f"{r.total_ms:>10.3f}"
+        )
+    return "\n".join(lines)
