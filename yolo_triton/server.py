@@ -225,6 +225,7 @@ class Server:
         self.cmd = command(self.install, repo, self.plan, self.ports, host, api_key)
         self.log = log
         self.proc: subprocess.Popen | None = None
+        self._out = None
 
     @property
     def url(self) -> str:
@@ -232,6 +233,8 @@ class Server:
         return f"{host}:{self.ports.grpc}"
 
     def start(self, timeout: float = 120.0) -> Server:
+        if self.log:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.cmd, env=environment(self.install), stdout=out, stderr=subprocess.STDOUT)
         self._out = out
