@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("inputs", nargs="+", metavar="INPUT")
     ap.add_argument("--url", default="127.0.0.1:8001")
     ap.add_argument("--model", default=spec.ALIAS)
-    ap.add_argument("--conf", type=float, default=None, help=f"confidence threshold (server default {spec.DEFAULT_CONF})")
+    ap.add_argument("--conf", type=float, default=None,
+                    help=f"confidence threshold (server default {spec.DEFAULT_CONF})")
     ap.add_argument("--iou", type=float, default=None, help=f"NMS IoU threshold (server default {spec.DEFAULT_IOU})")
     ap.add_argument("--max-det", type=int, default=None, help=f"max detections (server default {spec.DEFAULT_MAX_DET})")
     ap.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                     h, w = image.shape[:2]
                     summary = ", ".join(f"{d['class_name']} {d['score']:.2f}" for d in dets[:8])
                     more = f" (+{len(dets) - 8} more)" if len(dets) > 8 else ""
-                    print(f"{name}: {w}x{h}, {len(dets)} detections [{summary}{more}] {r.latency_ms:.1f} ms", flush=True)
+                    print(f"{name}: {w}x{h}, {len(dets)} detections [{summary}{more}] {r.latency_ms:.1f} ms",
+                          flush=True)
                     results.append({"image": name, "width": w, "height": h, "detections": dets,
                                     "latency_ms": round(r.latency_ms, 3)})
                     if args.save_dir:

@@ -126,13 +126,24 @@ def ultralytics_map(weights: str, data: dict, files: list[Path], imgsz: int) -> 
     return MAP(float(box.map50), float(box.map), len(files), int(metrics.nt_per_class.sum()))
 
 
-def ensure_default_dataset(path: Path) -> None:
-    if path.exists():
-        return
+DEFAULT_VAL_COUNT, DEFAULT_VAL_SEED = 200, 2  # build/make_dataset.py's validation split
+
+
+def write_val_split(root: Path, count: int = DEFAULT_VAL_COUNT, seed: int = DEFAULT_VAL_SEED) -> Path:
+    """The shapes validation split alone (what training validated on), with its data YAML."""
     from yolo_triton import synth
 
-    print(f"eval: generating the shapes dataset into {path.parent}", flush=True)
-    synth.write_dataset(path.parent)
+    synth.generate_split(root, "val", count, seed)
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(synth.CLASS_NAMES))
+    yaml_path = root / "data.yaml"
+    yaml_path.write_text(f"path: {root.resolve().as_posix()}\ntrain: images/val\nval: images/val\nnames:\n{names}")
+    return yaml_path
+
+
+def ensure_default_dataset(path: Path) -> None:
+    if not path.exists():
+        print(f"eval: generating the shapes validation split into {path.parent}", flush=True)
+        write_val_split(path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,7 +119,8 @@ def ultralytics_predict(onnx: Path, image: np.ndarray, size: int, seconds: float
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=None, help="build a fresh repository from this checkpoint (default: use model_repository)")
+    ap.add_argument("--weights", default=None,
+                    help="build a fresh repository from this checkpoint (default: use model_repository)")
     ap.add_argument("--imgsz", type=int, default=None)
     ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--image", type=Path, default=ROOT / "assets" / "samples" / "bus.jpg")
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'':<44}{'latency ms':>12}{'img/s':>10}")
-    print(f"{'(a) raw ONNX Runtime (batch 1 / best batch ' + str(best_b) + ')':<44}{raw_lat:>12.2f}{raw_rates[best_b]:>10.1f}")
+    label = f"(a) raw ONNX Runtime (batch 1 / best batch {best_b})"
+    print(f"{label:<44}{raw_lat:>12.2f}{raw_rates[best_b]:>10.1f}")
     print(f"{'(b,c) served ensemble (c1 / saturated)':<44}{served_lat:>12.2f}{served_rate:>10.1f}")
     print(f"{'(d) Ultralytics predict (1 image / batch 8)':<44}{ul_lat:>12.2f}{ul_rate:>10.1f}")
     print()

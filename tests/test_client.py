@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import cv2
+import detect
 import numpy as np
 import pytest
-
-import detect
 from conftest import SAMPLES, sample_images
 
 
@@ -45,7 +44,8 @@ def test_detect_converts_grayscale_and_rgba_files(server, tmp_path):
     cv2.imwrite(str(tmp_path / "gray.png"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(image, cv2.COLOR_BGR2BGRA))
     out = tmp_path / "r.json"
-    assert detect.main(["--url", server.url, "--json", str(out), str(tmp_path / "gray.png"), str(tmp_path / "rgba.png")]) == 0
+    files = [str(tmp_path / "gray.png"), str(tmp_path / "rgba.png")]
+    assert detect.main(["--url", server.url, "--json", str(out), *files]) == 0
     records = json.loads(out.read_text())
     assert [r["width"] for r in records] == [image.shape[1]] * 2
 

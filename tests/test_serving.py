@@ -6,8 +6,8 @@ import concurrent.futures as cf
 
 import numpy as np
 import pytest
-
 from conftest import sample_images
+
 from yolo_triton import spec
 from yolo_triton.client import DetectorClient
 
@@ -54,7 +54,7 @@ def test_ensemble_answers_any_size(client, facts, shape):
 def test_served_boxes_equal_ultralytics_predict(client, facts, ultralytics_model):
     """Same weights, same square letterbox (rect=False) on both sides."""
     total = 0
-    for name, image in sample_images().items():
+    for image in sample_images().values():
         ours = client.detect(image).detections
         ref = ultralytics_model.predict(image, imgsz=facts.imgsz, rect=False, conf=0.25, iou=0.7, verbose=False)[0]
         b = ref.boxes

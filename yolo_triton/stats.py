@@ -55,7 +55,6 @@ def table(rows: list[StageTime]) -> str:
     lines = [head]
     for r in rows:
         batch = r.count / r.executions if r.executions else 0.0
-        lines.append(
-            f"{r.model:<20}{r.count:>9}{batch:>7.1f}" + "".join(f"{r.ms[p]:>16.3f}" for p in PHASES) + f"{r.total_ms:>10.3f}"
-        )
+        phases = "".join(f"{r.ms[p]:>16.3f}" for p in PHASES)
+        lines.append(f"{r.model:<20}{r.count:>9}{batch:>7.1f}{phases}{r.total_ms:>10.3f}")
     return "\n".join(lines)
