@@ -12,6 +12,8 @@ MODEL ?= yolov8n
 export GRPC_PORT HTTP_PORT METRICS_PORT HOST
 
 IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
+# e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see build/build_engines.py --help)
+TRT_ARGS ?=
 
 .PHONY: help setup build-engines serve demo test lint eval perf locust compare report bench-cpu bench-gpu clean
 
@@ -22,7 +24,7 @@ setup: ## create .venv with the pinned dependencies (quick when done)
 	@bash build/setup.sh
 
 build-engines: setup ## export WEIGHTS (default yolov8n.pt) to ONNX (+ TensorRT where present) into model_repository/
-	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG)
+	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(TRT_ARGS)
 
 serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1) and GRPC_PORT/HTTP_PORT/METRICS_PORT
 	@$(PY) -m yolo_triton.server

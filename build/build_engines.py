@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if the artefacts are up to date")
     ap.add_argument("--trt-precision", choices=("fp16", "fp32", "int8"), default="fp16")
     ap.add_argument("--calib-images", type=Path, default=None, help="images for INT8 calibration")
+    ap.add_argument("--trt-opt-batch", type=int, default=repository.TRT_OPT_BATCH,
+                    help=f"batch size TensorRT tunes for (profile 1..{spec.MAX_BATCH})")
+    ap.add_argument("--trt-workspace", type=int, default=4096, help="TensorRT builder workspace, MiB")
+    ap.add_argument("--trt-builder", choices=("auto", "python", "trtexec"), default="auto",
+                    help="TensorRT Python API or trtexec (auto: the Python API when it imports)")
     args = ap.parse_args(argv)
 
     try:
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force and _up_to_date(repo, facts, used):
         print(f"build-engines: up to date ({used}, imgsz {facts.imgsz}, {len(facts.names)} classes)")
         repository.write(repo, facts)
+        # A repository exported elsewhere still needs this machine's TensorRT plan.
+        onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
+        print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
         return 0
 
     onnx = export.export_onnx(model, facts, repo / spec.variant("ort").detector / "1" / "model.onnx")
@@ -94,12 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
           f"{len(facts.names)} classes, dynamic batch)", flush=True)
 
-    from yolo_triton import gpu_export, tensorrt_build
+    from yolo_triton import gpu_export
 
     print(f"build-engines: {gpu_export.export_for_gpu(model, facts, repo)}", flush=True)
-    trt = tensorrt_build.build_for_repository(onnx, facts, repo, args.trt_precision, args.calib_images)
-    print(f"build-engines: {trt}", flush=True)
+    print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
     return 0
+
+
+def _tensorrt(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace) -> str:
+    from yolo_triton import tensorrt_build
+
+    return tensorrt_build.build_for_repository(
+        onnx, facts, repo, args.trt_precision, args.calib_images, opt_batch=args.trt_opt_batch,
+        workspace_mib=args.trt_workspace, builder=args.trt_builder, force=args.force)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,8 @@ SAMPLE_SIZES: tuple[tuple[str, int, int], ...] = (
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """Options shared with build/train_demo.py, so both scripts mean the same data by default."""
-    parser.add_argument(
-        "--root", type=Path, default=DEFAULT_ROOT, help="data set directory (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--train", type=int, default=DEFAULT_TRAIN, help="train images (default: %(default)s)"
-    )
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="data set directory (default: %(default)s)")
+    parser.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="train images (default: %(default)s)")
     parser.add_argument("--val", type=int, default=DEFAULT_VAL, help="val images (default: %(default)s)")
     parser.add_argument("--train-seed", type=int, default=DEFAULT_TRAIN_SEED, help="(default: %(default)s)")
     parser.add_argument("--val-seed", type=int, default=DEFAULT_VAL_SEED, help="(default: %(default)s)")

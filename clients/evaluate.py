@@ -2,15 +2,16 @@
 
     python clients/evaluate.py [--data data.yaml] [--model yolov8n] [--url HOST:PORT] [--limit N]
 
-Sends every validation image through the served ensemble over gRPC at confidence 0.001 (as the
-Ultralytics validator does), scores the detections with Ultralytics' metrics (`match_predictions`,
+Sends every validation image through the served ensemble over gRPC at confidence 0.001 and with
+MULTI_LABEL set (every class above the threshold per box), as the Ultralytics validator does; scores the detections with Ultralytics' metrics (`match_predictions`,
 `ap_per_class`), runs `YOLO(checkpoint).val` on the same images, and prints both with the delta.
 The checkpoint is the one the model repository was built from (artefact.json), so both sides
 use the same weights.
 
-Geometry: the server letterboxes every image into a square of the checkpoint's input size
-(scale-up allowed, as predict does); Ultralytics' val resizes the long side to that size and pads
-each batch to a rectangle (rect=True). The last line reads
+Geometry: the server letterboxes every image into a square of the checkpoint's input size; the
+Ultralytics side runs val with rect=False, which resizes the long side to that size and pads to
+the same square, so both score the same network input. (Its default, rect=True, pads each batch
+to a smaller rectangle; `--also-rect` prints that figure too.) The last line reads
 `mAP50-95 served=<x> ultralytics=<y> delta=<x-y>`.
 """
 
@@ -88,7 +89,8 @@ def served_map(url: str, model: str, files: list[Path], nc: int) -> MAP:
     with DetectorClient(url, model, timeout_s=120) as client:
         for i, f in enumerate(files):
             image = images.read(f)
-            det = client.detect(image, conf=VAL_CONF, iou=VAL_IOU, max_det=spec.DEFAULT_MAX_DET).detections
+            det = client.detect(image, conf=VAL_CONF, iou=VAL_IOU, max_det=spec.DEFAULT_MAX_DET,
+                                multi_label=True).detections
             gt_cls, gt_boxes = labels_for(f, image.shape[:2])
             n = len(det.scores)
             if n and len(gt_cls):
@@ -109,7 +111,7 @@ def served_map(url: str, model: str, files: list[Path], nc: int) -> MAP:
     return MAP(float(ap[:, 0].mean()), float(ap.mean()), len(files), int(sum(len(t) for t in target_cls)))
 
 
-def ultralytics_map(weights: str, data: dict, files: list[Path], imgsz: int) -> MAP:
+def ultralytics_map(weights: str, data: dict, files: list[Path], imgsz: int, rect: bool = False) -> MAP:
     """Ultralytics' validator on exactly `files` (written to a list file for its dataset loader)."""
     import yaml
     from ultralytics import YOLO
@@ -120,7 +122,7 @@ def ultralytics_map(weights: str, data: dict, files: list[Path], imgsz: int) -> 
         subset = Path(tmp) / "data.yaml"
         subset.write_text(yaml.safe_dump({"path": tmp, "train": str(listing), "val": str(listing),
                                           "names": data["names"]}))
-        metrics = YOLO(weights).val(data=str(subset), imgsz=imgsz, batch=16, conf=VAL_CONF, iou=VAL_IOU,
+        metrics = YOLO(weights).val(data=str(subset), imgsz=imgsz, batch=16, conf=VAL_CONF, iou=VAL_IOU, rect=rect,
                                     device="cpu", plots=False, verbose=False, workers=0, project=tmp)
     box = metrics.box
     return MAP(float(box.map50), float(box.map), len(files), int(metrics.nt_per_class.sum()))
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", type=Path, default=DEFAULT_REPO)
     ap.add_argument("--weights", default=None, help="checkpoint for Ultralytics' side (default: the one built)")
     ap.add_argument("--limit", type=int, default=None, help="first N validation images only")
+    ap.add_argument("--also-rect", action="store_true", help="also run Ultralytics' default rect=True val")
     args = ap.parse_args(argv)
 
     facts = repository.read_facts(args.repo)
@@ -174,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         served = served_map(url, args.model, files, len(names))
     print("  ultralytics val ...", flush=True)
     ref = ultralytics_map(weights, data, files, facts.imgsz)
-    print(f"\n{'':<28}{'mAP50':>10}{'mAP50-95':>10}")
-    print(f"{'served (' + args.model + ')':<28}{served.map50:>10.4f}{served.map50_95:>10.4f}")
-    print(f"{'ultralytics val':<28}{ref.map50:>10.4f}{ref.map50_95:>10.4f}")
+    rect = ultralytics_map(weights, data, files, facts.imgsz, rect=True) if args.also_rect else None
+    print(f"\n{'':<34}{'mAP50':>10}{'mAP50-95':>10}")
+    print(f"{'served (' + args.model + ')':<34}{served.map50:>10.4f}{served.map50_95:>10.4f}")
+    print(f"{'ultralytics val (rect=False)':<34}{ref.map50:>10.4f}{ref.map50_95:>10.4f}")
+    if rect:
+        print(f"{'ultralytics val (rect=True)':<34}{rect.map50:>10.4f}{rect.map50_95:>10.4f}")
     print(f"images {served.images}, instances {served.instances} (ultralytics counted {ref.instances})")
-    print("geometry: served = square letterbox to imgsz (scale-up allowed); ultralytics val = rect batches, "
-          "long side resized to imgsz")
+    print(f"geometry: both sides letterbox each image into {facts.imgsz}x{facts.imgsz} (long side resized to "
+          f"{facts.imgsz}, centred, padded with 114); served NMS in MULTI_LABEL mode as the validator's")
     print(f"mAP50 served={served.map50:.4f} ultralytics={ref.map50:.4f} delta={served.map50 - ref.map50:+.4f}")
     print(f"mAP50-95 served={served.map50_95:.4f} ultralytics={ref.map50_95:.4f} "
           f"delta={served.map50_95 - ref.map50_95:+.4f}")

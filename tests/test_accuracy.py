@@ -1,7 +1,8 @@
 """Accuracy gate: the served ensemble scores what Ultralytics scores, on the same weights.
 
-Served: square letterbox to the checkpoint's size (scale-up allowed), ONNX Runtime FP32 on CPU.
-Ultralytics val: its own dataloader (rect batches, long side resized to the same size), PyTorch FP32.
+Served: square letterbox to the checkpoint's size, ONNX Runtime FP32 on CPU, MULTI_LABEL NMS.
+Ultralytics val: its own dataloader with rect=False (long side resized to the same size, padded to
+the same square), PyTorch FP32, its own multi-label NMS.
 """
 
 from __future__ import annotations

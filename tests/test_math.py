@@ -138,3 +138,22 @@ def test_pad_and_unpad_round_trip():
     out = unpad(*pad_batch([a, b]))
     assert len(out[0].scores) == 1 and len(out[1].scores) == 0
     np.testing.assert_allclose(out[0].boxes[0], [12.5, 12.5, 18.75, 18.75], atol=1e-4)
+
+
+def test_multi_label_decode_matches_ultralytics_validator_nms():
+    from ultralytics.utils.nms import non_max_suppression
+
+    rng = np.random.default_rng(4)
+    anchors = 2100
+    xy = rng.uniform(0, 320, (2, anchors))
+    wh = rng.uniform(4, 120, (2, anchors))
+    cls = rng.uniform(0, 1, (3, anchors)) ** 6
+    raw = np.concatenate([xy, wh, cls]).astype(np.float32)
+    det = nms.decode(raw, 0.001, 0.7, 300, multi_label=True)
+    ref = non_max_suppression(torch.from_numpy(raw[None]), 0.001, 0.7, multi_label=True, max_det=300)[0].numpy()
+    single = nms.decode(raw, 0.001, 0.7, 300)
+    assert len(det.scores) == len(ref) == 300
+    assert set(map(tuple, det.boxes.round(3).tolist())) != set(map(tuple, single.boxes.round(3).tolist()))
+    np.testing.assert_allclose(det.boxes, ref[:, :4], atol=1e-3)
+    np.testing.assert_allclose(det.scores, ref[:, 4], atol=1e-6)
+    np.testing.assert_array_equal(det.classes, ref[:, 5].astype(np.int32))

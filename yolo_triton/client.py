@@ -1,7 +1,11 @@
 """A small gRPC client for the served ensembles: images in, detections out.
 
-Every call carries a deadline, and UNAVAILABLE (server restarting, stub respawning) is retried
-with exponential backoff; any other error is raised at once with the server's message.
+Every call has one deadline (`timeout_s`) that covers all its attempts. Transient server states
+are retried with capped exponential backoff inside that deadline: UNAVAILABLE (server starting
+or stopping, connection refused), a python stub that died ("is not healthy", until the
+launcher's watchdog has reloaded its model) and a model between versions ("no available
+versions", during a reload or a drain). Anything else is raised at once with the server's
+message. Images and thresholds are checked here first, so bad input never leaves the client.
 """
 
 from __future__ import annotations
@@ -18,13 +22,42 @@ from tritonclient.utils import InferenceServerException
 from yolo_triton import spec
 from yolo_triton.nms import Detections
 from yolo_triton.postprocess import unpad
-from yolo_triton.validation import check_images
+from yolo_triton.validation import check_images, check_thresholds
 
-RETRY_STATUSES = ("StatusCode.UNAVAILABLE",)
+
+def retryable(status: str | None, message: str) -> bool:
+    """Whether waiting can fix this error (the server's state), as opposed to the request."""
+    if status == "StatusCode.UNAVAILABLE":
+        return "restricted" not in message  # a missing API key does not appear by waiting
+    if status == "StatusCode.INTERNAL":
+        return "is not healthy" in message  # python stub died; the watchdog reloads its model
+    if status == "StatusCode.NOT_FOUND":
+        return "no available versions" in message  # model reloading, or unloaded by a drain
+    return False
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options, plus a short reconnect backoff.
+
+    gRPC waits up to two minutes between reconnect attempts after a refused connection, and a
+    call made meanwhile fails at once: a server that came back would stay unreachable for
+    longer than any of our deadlines."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
 class ServerError(RuntimeError):
-    """The server answered with an error; `status` is the gRPC status name."""
+    """The server answered with an error (or none in time); `status` is the gRPC status name."""
 
     def __init__(self, message: str, status: str | None) -> None:
         super().__init__(message)
@@ -38,12 +71,18 @@ class Result:
 
 
 def build_inputs(
-    images: np.ndarray, conf: float | None = None, iou: float | None = None, max_det: int | None = None
+    images: np.ndarray,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
+    multi_label: bool | None = None,
 ) -> list[grpcclient.InferInput]:
     """The request tensors for one batch of same-size images (B, H, W, 3)."""
     n = images.shape[0]
     tensors = [(spec.IMAGE, images)]
-    for t, value in ((spec.CONF_THRESHOLD, conf), (spec.IOU_THRESHOLD, iou), (spec.MAX_DETECTIONS, max_det)):
+    options = ((spec.CONF_THRESHOLD, conf), (spec.IOU_THRESHOLD, iou), (spec.MAX_DETECTIONS, max_det),
+               (spec.MULTI_LABEL, multi_label))
+    for t, value in options:
         if value is not None:
             tensors.append((t, np.full((n, 1), value, dtype=t.np_dtype)))
     inputs = []
@@ -69,10 +108,11 @@ class DetectorClient:
         timeout_s: float = 30.0,
         retries: int = 4,
         backoff_s: float = 0.25,
+        max_backoff_s: float = 2.0,
     ) -> None:
         self.url, self.model = url, model
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self.client = grpcclient.InferenceServerClient(url)
+        self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
+        self.client = grpcclient.InferenceServerClient(url, channel_args=_channel_args())
         self._names: tuple[str, ...] | None = None
 
     def close(self) -> None:
@@ -85,26 +125,38 @@ class DetectorClient:
         self.close()
 
     def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin retry wrapper
+        """fn(*args, client_timeout=what is left of the deadline), retried while retryable()."""
+        start = time.monotonic()
+        deadline = start + self.timeout_s
         delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return fn(*args, **kwargs)
+                return fn(*args, client_timeout=max(deadline - time.monotonic(), 1e-3), **kwargs)
             except InferenceServerException as e:
-                status = e.status()
-                if status in RETRY_STATUSES and attempt < self.retries:
+                status, message = e.status(), e.message() or str(e)
+                left = deadline - time.monotonic()
+                if retryable(status, message) and attempt <= self.retries and left > delay:
                     time.sleep(delay)
-                    delay *= 2
+                    delay = min(delay * 2, self.max_backoff_s)
                     continue
-                raise ServerError(e.message() or str(e), status) from None
-        raise AssertionError("unreachable")
+                raise ServerError(self._describe(status, message, attempt, time.monotonic() - start), status) from None
+
+    def _describe(self, status: str | None, message: str, attempts: int, elapsed: float) -> str:
+        code = (status or "").removeprefix("StatusCode.") or "error"
+        if code == "DEADLINE_EXCEEDED":
+            return (f"{self.model} at {self.url}: no answer within the {self.timeout_s:g} s deadline "
+                    f"({code}); raise timeout_s for large batches or a busy server")
+        if attempts > 1:
+            return f"{message} ({code}; gave up after {attempts} attempts in {elapsed:.1f} s)"
+        return f"{message} ({code})"
 
     @property
     def names(self) -> tuple[str, ...]:
         """Class names, from the served ensemble's config (they come from the checkpoint)."""
         if self._names is None:
-            cfg = self._call(
-                self.client.get_model_config, self.model, as_json=True, client_timeout=self.timeout_s
-            )["config"]
+            cfg = self._call(self.client.get_model_config, self.model, as_json=True)["config"]
             self._names = tuple(json.loads(cfg["parameters"]["names"]["string_value"]))
         return self._names
 
@@ -114,14 +166,14 @@ class DetectorClient:
         conf: float | None = None,
         iou: float | None = None,
         max_det: int | None = None,
+        multi_label: bool | None = None,
     ) -> tuple[list[Detections], float]:
         """One request for a batch of same-size images; detections per image and latency (ms)."""
         check_images(images)
-        inputs = build_inputs(images, conf, iou, max_det)
+        check_thresholds(images.shape[0], conf, iou, max_det)
+        inputs = build_inputs(images, conf, iou, max_det, multi_label)
         start = time.perf_counter()
-        result = self._call(
-            self.client.infer, self.model, inputs, outputs=OUTPUTS, client_timeout=self.timeout_s
-        )
+        result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)
         return parse_outputs(result), (time.perf_counter() - start) * 1e3
 
     def detect(
@@ -130,8 +182,9 @@ class DetectorClient:
         conf: float | None = None,
         iou: float | None = None,
         max_det: int | None = None,
+        multi_label: bool | None = None,
     ) -> Result:
-        dets, ms = self.infer(image[None], conf, iou, max_det)
+        dets, ms = self.infer(image[None], conf, iou, max_det, multi_label)
         return Result(dets[0], ms)
 
     def detect_many(self, images: Sequence[np.ndarray], **thresholds: float | int | None) -> list[Result]:
@@ -148,9 +201,7 @@ class DetectorClient:
         return [r for r in out if r is not None]
 
     def model_stats(self, model: str | None = None) -> dict:
-        return self._call(
-            self.client.get_inference_statistics, model or "", as_json=True, client_timeout=self.timeout_s
-        )
+        return self._call(self.client.get_inference_statistics, model or "", as_json=True)
 
 
 def detections_json(det: Detections, names: tuple[str, ...]) -> list[dict]:

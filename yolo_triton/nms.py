@@ -59,18 +59,32 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def decode(raw: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
-    """One image's detector output (4 + nc, anchors) -> detections in network-input pixels."""
+def _candidates(raw: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(anchor index, score, class) of every candidate above `conf`, in Ultralytics' order.
+
+    Single label: the best class per anchor. Multi label (the validator's protocol): every
+    (anchor, class) pair above the threshold, anchor-major like `torch.where(cls > conf)`.
+    """
     scores_all = raw[4:]
+    if multi_label:
+        anchors, classes = np.nonzero(scores_all.T > conf)
+        return anchors, scores_all[classes, anchors], classes
     classes = scores_all.argmax(0)
     scores = scores_all[classes, np.arange(raw.shape[1])]
     keep = np.flatnonzero(scores > conf)
+    return keep, scores[keep], classes[keep]
+
+
+def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool = False) -> Detections:
+    """One image's detector output (4 + nc, anchors) -> detections in network-input pixels."""
+    keep, scores, classes = _candidates(raw, conf, multi_label)
     if keep.size == 0:
         return Detections.empty()
     if keep.size > MAX_NMS:
-        keep = keep[np.argsort(-scores[keep], kind="stable")[:MAX_NMS]]
+        top = np.argsort(-scores, kind="stable")[:MAX_NMS]
+        keep, scores, classes = keep[top], scores[top], classes[top]
     boxes = xywh2xyxy(raw[:4, keep].T.astype(np.float32))
-    scores, classes = scores[keep].astype(np.float32), classes[keep].astype(np.int32)
+    scores, classes = scores.astype(np.float32), classes.astype(np.int32)
     offsets = (classes[:, None] * MAX_WH).astype(np.float32)  # float32 like Ultralytics' torch math
     kept = nms(boxes + offsets, scores, iou)[:max_det]
     return Detections(boxes[kept], scores[kept], classes[kept])

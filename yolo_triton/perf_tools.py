@@ -229,7 +229,7 @@ def latest_run(kind: str, runs: Path = RUNS) -> Path | None:
     if not base.is_dir():
         return None
     done = [d for d in base.iterdir() if (d / META_FILE).is_file()]
-    return max(done, key=lambda d: (d.name.split("-")[:2], (d / META_FILE).stat().st_mtime), default=None)
+    return max(done, key=lambda d: ((d / META_FILE).stat().st_mtime, d.name), default=None)
 
 
 def machine_info() -> dict[str, object]:
@@ -279,15 +279,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def server_info(url: str) -> dict[str, object]:
-    """What the measured server is: its version, the loaded ensembles, and what `yolov8n` points at."""
+@dataclass(frozen=True)
+class Target:
+    """The server a tool measures; `skipped` says why other variants are absent, when known."""
+
+    url: str
+    skipped: dict[str, str]
+
+
+def server_info(target: Target) -> dict:
+    """What the measured server is: its version, the loaded ensembles, what `yolov8n` points at,
+    and the variants it does not serve with the reason."""
     import tritonclient.grpc as grpcclient
 
+    url = target.url
     client = grpcclient.InferenceServerClient(url)
     try:
         meta = client.get_server_metadata(as_json=True)
-        info: dict[str, object] = {"url": url, "tritonserver": meta.get("version", "unknown"),
-                                   "variants": loaded_variants(url)}
+        variants = loaded_variants(url)
+        skipped = {v.ensemble: target.skipped.get(v.ensemble, "not loaded on that server")
+                   for v in spec.VARIANTS if v.ensemble not in variants}
+        info: dict = {"url": url, "tritonserver": meta.get("version", "unknown"), "variants": variants,
+                      "skipped": skipped}
         with contextlib.suppress(Exception):
             cfg = client.get_model_config(spec.ALIAS, as_json=True)["config"]
             info["alias"] = f"{spec.ALIAS}_" + cfg["parameters"]["variant"]["string_value"]
@@ -319,17 +332,20 @@ def variant_of(model: str) -> spec.Variant | None:
 
 
 def write_meta(folder: Path, tool: str, extra: dict[str, object]) -> Path:
-    """The run's record (command line, machine, versions); written last, it marks the run finished."""
+    """The run's record (command line, machine, versions); written last, it marks the run finished.
+
+    Paths inside the project are written relative to its root, so the recorded command lines can
+    be pasted into another checkout."""
     meta = {
         "tool": tool,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "machine": machine_info(),
         "versions": package_versions(),
         **extra,
     }
     path = folder / META_FILE
-    path.write_text(json.dumps(meta, indent=1, default=str))
+    path.write_text(json.dumps(meta, indent=1, default=str).replace(f"{ROOT}{os.sep}", ""))
     return path
 
 
@@ -338,13 +354,16 @@ def read_meta(folder: Path) -> dict:
 
 
 @contextlib.contextmanager
-def server_url(url: str | None, repo: Path = DEFAULT_REPO, log: Path | None = None, tool: str = "perf",
-               ) -> Iterator[str]:
-    """The url to measure: the one given, else a server started here for the duration."""
+def target(url: str | None, repo: Path = DEFAULT_REPO, log: Path | None = None, tool: str = "perf",
+           ) -> Iterator[Target]:
+    """The server to measure: the one at `url`, else one started here for the duration."""
     if not url:
         print(f"{tool}: starting tritonserver on free ports (repository {repo}; log {log})", flush=True)
     with running(url, repo=repo, log=log) as server:
-        actual = url or (server.url if server else "")
-        if server is not None:
-            print(f"{tool}: tritonserver ready on {actual} ({', '.join(server.plan.load)})", flush=True)
-        yield actual
+        if server is None:
+            yield Target(str(url), {})
+            return
+        print(f"{tool}: tritonserver ready on {server.url} ({', '.join(server.plan.load)})", flush=True)
+        for name, why in server.plan.skipped.items():
+            print(f"{tool}: not served here: {name}: {why}", flush=True)
+        yield Target(server.url, dict(server.plan.skipped))

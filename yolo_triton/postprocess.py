@@ -8,9 +8,11 @@ from yolo_triton.geometry import unletterbox
 from yolo_triton.nms import Detections, decode
 
 
-def postprocess_one(raw: np.ndarray, lb: np.ndarray, conf: float, iou: float, max_det: int) -> Detections:
+def postprocess_one(
+    raw: np.ndarray, lb: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool = False
+) -> Detections:
     """One image: (4 + nc, anchors) output and its LETTERBOX row -> detections in image pixels."""
-    det = decode(raw, conf, iou, max_det)
+    det = decode(raw, conf, iou, max_det, multi_label)
     return Detections(unletterbox(det.boxes, lb), det.scores, det.classes) if len(det.scores) else det
 
 
@@ -29,9 +31,10 @@ def pad_batch(dets: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def postprocess_batch(
-    raw: np.ndarray, lb: np.ndarray, limits: list[tuple[float, float, int]]
+    raw: np.ndarray, lb: np.ndarray, limits: list[tuple[float, float, int]], multi_label: list[bool] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return pad_batch([postprocess_one(raw[i], lb[i], *limits[i]) for i in range(raw.shape[0])])
+    flags = multi_label or [False] * raw.shape[0]
+    return pad_batch([postprocess_one(raw[i], lb[i], *limits[i], flags[i]) for i in range(raw.shape[0])])
 
 
 def unpad(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, counts: np.ndarray) -> list[Detections]:

@@ -29,6 +29,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from yolo_triton import spec
 
 _DTYPES = {
+    "TYPE_BOOL": mc.TYPE_BOOL,
     "TYPE_UINT8": mc.TYPE_UINT8,
     "TYPE_INT32": mc.TYPE_INT32,
     "TYPE_INT64": mc.TYPE_INT64,
@@ -37,6 +38,10 @@ _DTYPES = {
     "TYPE_STRING": mc.TYPE_STRING,
 }
 DETECTOR_QUEUE_DELAY_US = 2000
+# TensorRT tunes its kernels for one batch size inside the profile's range: a mid-size batch, as
+# the dynamic batcher forms under moderate load (max is spec.MAX_BATCH, min 1).
+TRT_OPT_BATCH = 8
+ORT_TRT_CACHE_DIR = "/tmp/yolo_triton_trt_cache"  # inside the serving container; ORT creates the last level
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,21 @@ def _facts_params(cfg: mc.ModelConfig, facts: ModelFacts) -> None:
     cfg.parameters["names"].string_value = json.dumps(list(facts.names))
 
 
+def _gpu_resident(cfg: mc.ModelConfig) -> None:
+    """Python model on the GPU: inputs stay where the previous step left them (no host copy).
+
+    Without this the python backend copies every GPU input to the host before execute().
+    """
+    cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+
+
 def preprocess_config(name: str, facts: ModelFacts, gpu: bool = False) -> mc.ModelConfig:
     cfg = _base(spec.ModelSpec(name, "python", spec.PREPROCESS.inputs, spec.PREPROCESS.outputs))
     cfg.dynamic_batching.SetInParent()
     _instances(cfg, gpu)
     _facts_params(cfg, facts)
+    if gpu:
+        _gpu_resident(cfg)
     return cfg
 
 
@@ -110,6 +125,8 @@ def postprocess_config(name: str, facts: ModelFacts, gpu: bool = False) -> mc.Mo
     cfg.dynamic_batching.SetInParent()
     _instances(cfg, gpu)
     _facts_params(cfg, facts)
+    if gpu:
+        _gpu_resident(cfg)
     return cfg
 
 
@@ -129,15 +146,37 @@ def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
         cfg.parameters["intra_op_thread_count"].string_value = "0"
         cfg.parameters["enable_mem_arena"].string_value = "1"
         if v.key == "onnx_trt":
+            # ONNX Runtime builds the TensorRT engine itself, at load. An explicit profile makes that
+            # one engine for batch 1..max instead of a rebuild whenever a larger batch arrives, and
+            # the engine cache lets a restart reuse it. An unknown key fails the load: every key here
+            # is one the onnxruntime backend of the 24.10 container accepts (docs/ngc.md).
+            pixels = model.inputs[0]
             acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             acc.parameters["precision_mode"] = "FP16"
             acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
             acc.parameters["trt_engine_cache_enable"] = "1"
-            acc.parameters["trt_engine_cache_path"] = "/tmp/yolo_triton_trt_cache"
+            acc.parameters["trt_engine_cache_path"] = ORT_TRT_CACHE_DIR
+            for key, batch in (("min", 1), ("opt", TRT_OPT_BATCH), ("max", spec.MAX_BATCH)):
+                acc.parameters[f"trt_profile_{key}_shapes"] = f"{pixels.name}:" + "x".join(
+                    str(d) for d in (batch, *pixels.dims))
     elif v.backend == "tensorrt":
+        # Plans are per GPU model and TensorRT version: yolo_triton.tensorrt_build maps each compute
+        # capability to its plan in cc_model_filenames. The default names a file never written, so
+        # a GPU without a plan of its own fails to load instead of running another GPU's plan.
         cfg.default_model_filename = v.artefact
     else:
         cfg.parameters["artefact"].string_value = v.artefact
+    if v.key == "gpu":
+        # CUDA-graph buckets are the preferred sizes, and no queue delay: on the GPU a batch of
+        # one is dispatched at once (latency), while under load requests queue up behind the
+        # running batch anyway and the next execute takes them all (throughput).
+        db.ClearField("preferred_batch_size")
+        db.preferred_batch_size.extend(int(b) for b in v.extra["cuda_graph_batches"].split(","))
+        db.max_queue_delay_microseconds = 0
+        cfg.parameters["imgsz"].string_value = str(facts.imgsz)
+        _gpu_resident(cfg)
+    for key, value in v.extra.items():
+        cfg.parameters[key].string_value = value
     if v.backend in ("onnxruntime", "tensorrt"):
         _warmup(cfg, model.inputs[0])
     return cfg
@@ -167,15 +206,40 @@ def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelCo
     post = steps.step.add(model_name=v.postprocess, model_version=-1)
     post.input_map[spec.RAW.name] = "raw"
     post.input_map[spec.LETTERBOX.name] = "letterbox"
-    for t in (spec.CONF_THRESHOLD, spec.IOU_THRESHOLD, spec.MAX_DETECTIONS):
-        post.input_map[t.name] = t.name
+    for t in spec.ENSEMBLE_INPUTS:
+        if t.optional:  # per-request options go straight to postprocess
+            post.input_map[t.name] = t.name
     for t in spec.ENSEMBLE_OUTPUTS:
         post.output_map[t.name] = t.name
     return cfg
 
 
+_WHY = {
+    "python_step": "pre/post: dynamic batching without delay (take what is queued), one instance: numpy work "
+    "is short and ONNX Runtime needs the cores",
+    "detector": f"detector: waits up to {DETECTOR_QUEUE_DELAY_US} us to fill a preferred batch (its cost per "
+    "image falls with batch size); one instance, because one ONNX Runtime run already uses every core",
+    "gpu_detector": "GPU detector: preferred sizes are its CUDA-graph / engine batch sizes; one instance per GPU, "
+    "whose stream is kept busy by the batcher",
+    "ensemble": "ensemble: batching happens in the composing models; max_batch_size only bounds a request",
+}
+
+
 def render(cfg: mc.ModelConfig) -> str:
-    return text_format.MessageToString(cfg)
+    """pbtxt with a header saying where it came from and why its batching is set as it is."""
+    if cfg.platform == "ensemble":
+        why = _WHY["ensemble"]
+    elif cfg.name.startswith(("preprocess", "postprocess")):
+        why = _WHY["python_step"]
+    elif any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group):
+        why = _WHY["gpu_detector"]
+    else:
+        why = _WHY["detector"]
+    header = (
+        "# Generated by `make build-engines` (yolo_triton/repository.py from yolo_triton/spec.py); do not edit.\n"
+        f"# Batching: {why}.\n"
+    )
+    return header + text_format.MessageToString(cfg)
 
 
 def parse(text: str) -> mc.ModelConfig:

@@ -14,22 +14,37 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from yolo_triton import repository, spec
+from yolo_triton.watchdog import StubWatchdog
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO = ROOT / "model_repository"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PY_SHM_BYTES = 64 * 1024 * 1024  # python-backend shared-memory pool per model; grows by as much
+# What a caller without the key may not touch on a server bound beyond localhost: loading models
+# (the load API accepts model files: code execution), shared memory (reads/writes host memory),
+# and the log/trace settings (they change what the server writes, and where).
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+API_KEY_HEADER = "x-api-key"  # HTTP header; gRPC clients send it as "triton-grpc-protocol-x-api-key"
+GRPC_KEY_PREFIX = "triton-grpc-protocol-"
+API_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,}")  # no ',', ':' or '=' (they split Triton's flag)
+DRAIN_TIMEOUT_S = 30.0  # the launcher's drain (Server.drain) before it sends SIGTERM
+# Triton's own wait at SIGTERM. The launcher has drained by then, so this only bounds the unloads,
+# and the one that never ends: a model version whose stub died and was sent requests.
+EXIT_TIMEOUT_S = 10
+CUDA_POOL_BYTES = 2 << 30  # Triton's CUDA memory pool on GPU 0 when a GPU variant is loaded
 
 
 class LaunchError(RuntimeError):
@@ -128,8 +143,8 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
             plan.skipped[v.ensemble] = "needs a GPU, none visible"
         elif missing:
             plan.skipped[v.ensemble] = f"this tritonserver has no {'/'.join(missing)} backend"
-        elif not (repo / v.detector / "1" / v.artefact).exists():
-            plan.skipped[v.ensemble] = f"{v.detector}/1/{v.artefact} not built (make build-engines on such a machine)"
+        elif why := _unservable(repo, v):
+            plan.skipped[v.ensemble] = why
         else:
             for m in (v.preprocess, v.detector, v.postprocess, v.ensemble):
                 if m not in plan.load:
@@ -140,6 +155,17 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
         raise LaunchError("no variant can be served here: " + "; ".join(f"{k}: {r}" for k, r in plan.skipped.items()))
     plan.load.append(spec.ALIAS)
     return plan
+
+
+def _unservable(repo: Path, v: spec.Variant) -> str | None:
+    """Why the variant's detector artefact cannot be loaded here, or None."""
+    if v.backend == "tensorrt":  # plans are per GPU model and TensorRT version: a file is not enough
+        from yolo_triton import tensorrt_build
+
+        return tensorrt_build.plan_problem(repo / v.detector)
+    if not (repo / v.detector / "1" / v.artefact).exists():
+        return f"{v.detector}/1/{v.artefact} not built (make build-engines on such a machine)"
+    return None
 
 
 def free_port() -> int:
@@ -178,19 +204,37 @@ def command(
         f"--backend-config=python,shm-growth-byte-size={PY_SHM_BYTES}",
         "--exit-on-error=false",
         "--log-verbose=0",
-        "--exit-timeout-secs=30",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        # Triton keeps up to 8 request messages for reuse by default, each holding the capacity of
+        # the largest request it carried: one oversized image would stay resident for good.
+        "--grpc-infer-allocation-pool-size=0",
     ]
+    if any("gpu" in v.needs and v.ensemble in plan.load for v in spec.VARIANTS):
+        # GPU ensembles hand tensors between steps in Triton's CUDA pool; the 64 MB default holds
+        # less than one batch of 64 images at 640, and what does not fit takes slower paths.
+        cmd.append(f"--cuda-memory-pool-byte-size=0:{CUDA_POOL_BYTES}")
     if host not in LOCAL_HOSTS:
         if not api_key:
             raise LaunchError(
                 f"binding to {host} exposes the server: set TRITON_API_KEY so that model loading and "
                 "shared-memory APIs need that key (or bind 127.0.0.1)"
             )
+        if not API_KEY_PATTERN.fullmatch(api_key):
+            raise LaunchError(
+                "TRITON_API_KEY must be at least 16 characters of A-Z a-z 0-9 . _ ~ - "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        apis = ",".join(RESTRICTED_APIS)
         cmd += [
-            f"--grpc-restricted-protocol=model-repository,shared-memory:x-api-key={api_key}",
-            f"--http-restricted-api=model-repository,shared-memory:x-api-key={api_key}",
+            f"--grpc-restricted-protocol={apis}:{API_KEY_HEADER}={api_key}",
+            f"--http-restricted-api={apis}:{API_KEY_HEADER}={api_key}",
         ]
     return cmd
+
+
+def key_headers(api_key: str | None) -> dict[str, str] | None:
+    """gRPC headers for the restricted APIs (Triton prefixes the key's header name on gRPC)."""
+    return {GRPC_KEY_PREFIX + API_KEY_HEADER: api_key} if api_key else None
 
 
 def environment(install: TritonInstall) -> dict[str, str]:
@@ -215,6 +259,7 @@ class Server:
         only: list[str] | None = None,
         api_key: str | None = None,
         log: Path | None = None,
+        watchdog: bool = True,
     ) -> None:
         self.repo = repo
         self.ports = ports or Ports.free()
@@ -223,8 +268,12 @@ class Server:
         self.plan = plan_models(repo, self.install.backends, gpu_available(), only)
         repository.write_alias(repo, self.plan.alias)
         self.cmd = command(self.install, repo, self.plan, self.ports, host, api_key)
+        self.headers = key_headers(api_key)
         self.log = log
         self.proc: subprocess.Popen | None = None
+        self._out = None
+        self.watch = watchdog
+        self.watchdog: StubWatchdog | None = None
         self._out = None
 
     @property
@@ -239,7 +288,13 @@ class Server:
         self.proc = subprocess.Popen(self.cmd, env=environment(self.install), stdout=out, stderr=subprocess.STDOUT)
         self._out = out
         self.wait_ready(timeout)
+        self.start_watchdog()
         return self
+
+    def start_watchdog(self) -> None:
+        """Reload a python model whose stub died (Triton 2.51 does not; see yolo_triton.watchdog)."""
+        if self.watch and self.proc is not None:
+            self.watchdog = StubWatchdog(self.proc.pid, self.url, self.headers).start()
 
     def wait_ready(self, timeout: float) -> None:
         import tritonclient.grpc as grpcclient
@@ -261,11 +316,47 @@ class Server:
     def _log_hint(self) -> str:
         return f" (log: {self.log})" if self.log else ""
 
+    def ensembles(self) -> list[str]:
+        names = {v.ensemble for v in spec.VARIANTS} | {spec.ALIAS}
+        return [m for m in self.plan.load if m in names]
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+        """Let in-flight requests finish, refusing new ones; True when none is left.
+
+        Triton's own SIGTERM drain breaks ensembles: it stops every model's scheduler at once, so
+        a request between two steps is refused by the next one ("Server is stopping"). Unloading
+        the ensembles first stops new requests (NOT_FOUND "no available versions", which clients
+        retry elsewhere) while the steps stay loaded and finish what is inside."""
+        if self.proc is None or self.proc.poll() is not None:
+            return True
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.url)
+        deadline = time.monotonic() + timeout
+        ensembles = self.ensembles()
+        try:
+            for m in ensembles:
+                client.unload_model(m, headers=self.headers, client_timeout=10)
+            while time.monotonic() < deadline:
+                index = client.get_model_repository_index(headers=self.headers, client_timeout=10)
+                busy = [m.name for m in index.models if m.name in ensembles and m.state in ("READY", "UNLOADING")]
+                if not busy:
+                    return True
+                time.sleep(0.1)
+            return False
+        except Exception:  # noqa: BLE001 - a server that cannot answer has nothing left to drain
+            return False
+        finally:
+            client.close()
+
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM lets Triton finish in-flight requests before it exits."""
+        """Drain (see drain()), then SIGTERM; Triton unloads the models and exits."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            self.drain()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -324,13 +415,32 @@ def main(argv: list[str] | None = None) -> int:
     print(server.describe(), flush=True)
     proc = subprocess.Popen(server.cmd, env=environment(server.install))
     server.proc, server._out = proc, None
+    ready, stopping = threading.Event(), threading.Event()
+
+    def shutdown() -> None:
+        if server.watchdog is not None:
+            server.watchdog.stop()
+        drained = server.drain()
+        print(f"serve: {'in-flight requests done' if drained else 'drain timed out'}; stopping tritonserver",
+              file=sys.stderr, flush=True)
+        proc.send_signal(signal.SIGTERM)
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        if stopping.is_set() or not ready.is_set():
+            proc.send_signal(signal.SIGTERM)  # a second signal, or nothing served yet: stop now
+            return
+        stopping.set()
+        threading.Thread(target=shutdown, name="drain", daemon=True).start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: proc.send_signal(signal.SIGTERM))
+        signal.signal(sig, on_signal)
     try:
         server.wait_ready(300)
     except LaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
         return 1
+    server.start_watchdog()
+    ready.set()
     print(f"ready on grpc {server.url}, http {args.host}:{args.http_port}, metrics {args.host}:{args.metrics_port}: "
           + ", ".join(server.plan.load), flush=True)
     return proc.wait()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _TRITON_DTYPES = {
+    "bool": "BOOL",
     "uint8": "UINT8",
     "int32": "INT32",
     "int64": "INT64",
@@ -52,6 +53,8 @@ IMAGE = TensorSpec("IMAGE", "uint8", (-1, -1, 3))
 CONF_THRESHOLD = TensorSpec("CONF_THRESHOLD", "float32", (1,), optional=True)
 IOU_THRESHOLD = TensorSpec("IOU_THRESHOLD", "float32", (1,), optional=True)
 MAX_DETECTIONS = TensorSpec("MAX_DETECTIONS", "int32", (1,), optional=True)
+# Every class above the threshold per box (Ultralytics' validator protocol), not just the best one.
+MULTI_LABEL = TensorSpec("MULTI_LABEL", "bool", (1,), optional=True)
 BOXES = TensorSpec("BOXES", "float32", (-1, 4))
 SCORES = TensorSpec("SCORES", "float32", (-1,))
 CLASSES = TensorSpec("CLASSES", "int32", (-1,))
@@ -88,10 +91,10 @@ PREPROCESS = ModelSpec("preprocess", "python", (IMAGE,), (PIXELS, LETTERBOX))
 POSTPROCESS = ModelSpec(
     "postprocess",
     "python",
-    (RAW, LETTERBOX, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS),
+    (RAW, LETTERBOX, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, MULTI_LABEL),
     (BOXES, SCORES, CLASSES, NUM_DETECTIONS),
 )
-ENSEMBLE_INPUTS = (IMAGE, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS)
+ENSEMBLE_INPUTS = (IMAGE, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, MULTI_LABEL)
 ENSEMBLE_OUTPUTS = (BOXES, SCORES, CLASSES, NUM_DETECTIONS)
 
 
@@ -131,11 +134,13 @@ VARIANTS: tuple[Variant, ...] = (
         "gpu",
         "detector_torch",
         "python",
-        "model.torchscript",
+        "model.pt",  # TorchScript (yolo_triton.gpu_export); *.pt keeps it out of git
         needs=("gpu",),
         preprocess="preprocess_gpu",
         postprocess="postprocess_gpu",
         rank=40,
+        # Batch sizes the detector captures a CUDA graph for (a batch is padded up to the next).
+        extra={"cuda_graph_batches": "1,2,4,8,16,32,64"},
     ),
     Variant("trt", "detector_trt", "tensorrt", "model.plan", needs=("tensorrt", "gpu"), rank=50),
 )

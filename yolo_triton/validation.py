@@ -13,14 +13,22 @@ import numpy as np
 
 from yolo_triton import spec
 
+MAX_DETECTIONS_LIMIT = 10_000  # NMS keeps at most this many boxes per image
+
 
 class InputError(ValueError):
     """A request that cannot be served as sent."""
 
 
 def check_images(images: np.ndarray) -> np.ndarray:
-    """A batch of decoded images: uint8, shape (batch, height, width, 3), within size bounds."""
+    """A batch of decoded images: uint8, shape (batch, height, width, 3), within size bounds.
+
+    Only the array's metadata is read, so a client can refuse an oversized image before it
+    serialises (and the server before it letterboxes) hundreds of megabytes.
+    """
     name = spec.IMAGE.name
+    if not isinstance(images, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array of decoded pixels, got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise InputError(f"{name}: dtype must be uint8 (decoded HWC BGR pixels), got {images.dtype}")
     if images.ndim != 4:
@@ -44,20 +52,24 @@ def check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _scalar(name: str, value: np.ndarray | None, batch: int) -> np.ndarray | None:
+def _scalar(name: str, value: np.ndarray | float | None, batch: int) -> np.ndarray | None:
+    """One value per image (or one for all); arrays from the server, plain numbers from clients."""
     if value is None:
         return None
-    flat = np.asarray(value).reshape(-1)
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{name}: expected a number, got {array.dtype} {value!r:.40}")
+    flat = array.reshape(-1)
     if flat.size not in (1, batch):
-        raise InputError(f"{name}: expected one value per image (shape [batch, 1]), got {list(value.shape)}")
+        raise InputError(f"{name}: expected one value per image (shape [batch, 1]), got {list(array.shape)}")
     return np.broadcast_to(flat, (batch,))
 
 
 def check_thresholds(
     batch: int,
-    conf: np.ndarray | None,
-    iou: np.ndarray | None,
-    max_det: np.ndarray | None,
+    conf: np.ndarray | float | None,
+    iou: np.ndarray | float | None,
+    max_det: np.ndarray | int | None,
 ) -> list[tuple[float, float, int]]:
     """Per-image (conf, iou, max_det), with Ultralytics' defaults where a tensor is absent."""
     confs = _scalar(spec.CONF_THRESHOLD.name, conf, batch)
@@ -67,11 +79,24 @@ def check_thresholds(
     for i in range(batch):
         c = spec.DEFAULT_CONF if confs is None else float(confs[i])
         u = spec.DEFAULT_IOU if ious is None else float(ious[i])
-        m = spec.DEFAULT_MAX_DET if dets is None else int(dets[i])
+        m = spec.DEFAULT_MAX_DET if dets is None else dets[i]
         for tname, v in ((spec.CONF_THRESHOLD.name, c), (spec.IOU_THRESHOLD.name, u)):
             if not math.isfinite(v) or not 0.0 <= v <= 1.0:
                 raise InputError(f"{tname}: must be a finite number in [0, 1], got {v}")
-        if not 1 <= m <= 10_000:
-            raise InputError(f"{spec.MAX_DETECTIONS.name}: must be in [1, 10000], got {m}")
+        if not (math.isfinite(m) and float(m).is_integer() and 1 <= m <= MAX_DETECTIONS_LIMIT):
+            raise InputError(
+                f"{spec.MAX_DETECTIONS.name}: must be a whole number in [1, {MAX_DETECTIONS_LIMIT}], got {m}"
+            )
+        m = int(m)
         out.append((c, u, m))
     return out
+
+
+def check_flags(name: str, value: np.ndarray | bool | None, batch: int) -> list[bool]:
+    """A per-image on/off option (absent = off)."""
+    flags = _scalar(name, value, batch)
+    if flags is None:
+        return [False] * batch
+    if not np.isin(flags, (0, 1)).all():
+        raise InputError(f"{name}: must be true or false, got {flags.tolist()}")
+    return [bool(f) for f in flags]

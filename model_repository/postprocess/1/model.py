@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root
 from yolo_triton import spec  # noqa: E402
 from yolo_triton.postprocess import postprocess_batch  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, check_thresholds  # noqa: E402
+from yolo_triton.validation import InputError, check_flags, check_thresholds  # noqa: E402
 
 
 def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001
@@ -40,7 +40,8 @@ class TritonPythonModel:
                     _optional(request, spec.IOU_THRESHOLD.name),
                     _optional(request, spec.MAX_DETECTIONS.name),
                 )
-                out = postprocess_batch(raw, lb, limits)
+                multi = check_flags(spec.MULTI_LABEL.name, _optional(request, spec.MULTI_LABEL.name), raw.shape[0])
+                out = postprocess_batch(raw, lb, limits, multi)
                 responses.append(pb_utils.InferenceResponse(
                     [pb_utils.Tensor(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
                 ))

@@ -1,0 +1,82 @@
+"""Triton python model `postprocess_gpu`: raw detector output -> boxes in original-image pixels.
+
+Same contract and semantics as `postprocess` (best class per anchor, strict confidence filter,
+per-class NMS, max_det, unletterbox, clip; per-request thresholds), but the heavy part runs on
+the GPU for every image the dynamic batcher grouped, in one pass: `torch_ops.decode_batch` reads
+`output0` where the detector left it (a GPU tensor, by DLPack) and runs one batched NMS. Only the
+surviving boxes come back to the host, in one copy, where `geometry.unletterbox` maps them to the
+image and `postprocess.pad_batch` shapes the response, exactly as the CPU path does.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
+
+from yolo_triton import spec, torch_ops  # noqa: E402
+from yolo_triton.postprocess import pad_batch  # noqa: E402
+from yolo_triton.triton_errors import error_response  # noqa: E402
+from yolo_triton.validation import InputError, check_thresholds  # noqa: E402
+
+
+def _host(t) -> np.ndarray:  # noqa: ANN001 - pb_utils.Tensor
+    """A small tensor as NumPy wherever Triton placed it (it may be on the GPU)."""
+    return t.as_numpy() if t.is_cpu() else from_dlpack(t.to_dlpack()).cpu().numpy()
+
+
+def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else _host(t)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        if not torch.cuda.is_available():
+            raise pb_utils.TritonModelException("postprocess_gpu needs a CUDA GPU and none is visible to torch")
+        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
+        torch.cuda.set_device(self.device)
+        with torch.inference_mode():  # load torchvision's NMS kernel now, not in the first request
+            raw = torch.rand((2, 6, 64), device=self.device)
+            for conf, iou, max_det in (((0.0, 0.1), (0.5, 0.6), (10, 20)), ((0.0,), (0.5,), (10,))):
+                torch_ops.decode_batch(raw[: len(conf)], conf, iou, max_det).to_numpy(len(conf))
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        raws, lbs, limits, owners = [], [], [], []
+        for i, request in enumerate(requests):
+            try:
+                raw_t = pb_utils.get_input_tensor_by_name(request, spec.RAW.name)
+                n = raw_t.shape()[0]
+                lim = check_thresholds(
+                    n,
+                    _optional(request, spec.CONF_THRESHOLD.name),
+                    _optional(request, spec.IOU_THRESHOLD.name),
+                    _optional(request, spec.MAX_DETECTIONS.name),
+                )
+            except InputError as e:
+                responses[i] = error_response(pb_utils, e)
+                continue
+            raw = from_dlpack(raw_t.to_dlpack())
+            raws.append(raw if raw.is_cuda else raw.to(self.device))
+            lbs.append(_host(pb_utils.get_input_tensor_by_name(request, spec.LETTERBOX.name)))
+            limits += lim
+            owners.append((i, n))
+        if raws:
+            with torch.inference_mode():
+                raw = raws[0] if len(raws) == 1 else torch.cat(raws)
+                dets = torch_ops.postprocess_batch(raw, np.concatenate(lbs), limits)
+            start = 0
+            for i, n in owners:
+                out = pad_batch(dets[start : start + n])
+                responses[i] = pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
+                )
+                start += n
+        return responses

@@ -1,0 +1,71 @@
+"""Triton python model `preprocess_gpu`: decoded BGR images -> letterboxed network input, on the GPU.
+
+Same contract as `preprocess` (IMAGE uint8 [B,H,W,3] in; `images` float32 [B,3,S,S] and LETTERBOX
+out) but the pixels never touch NumPy: an image arriving in host memory is uploaded once, one
+arriving in GPU memory (CUDA shared memory, or an upstream GPU step) is used in place, and the
+letterbox runs in torch (`torch_ops.letterbox_batch`) for all images of one size at once, across
+the requests the dynamic batcher grouped. The letterbox geometry is `geometry.plan`, computed on
+the host from the shape alone. `images` goes to the detector as a GPU tensor by DLPack;
+LETTERBOX, six floats per image, stays on the host where postprocess uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
+
+from yolo_triton import geometry, spec, torch_ops  # noqa: E402
+from yolo_triton.triton_errors import error_response  # noqa: E402
+from yolo_triton.validation import InputError  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        if not torch.cuda.is_available():
+            raise pb_utils.TritonModelException("preprocess_gpu needs a CUDA GPU and none is visible to torch")
+        config = json.loads(args["model_config"])
+        self.size = int(config["parameters"]["imgsz"]["string_value"])
+        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
+        torch.cuda.set_device(self.device)
+        with torch.inference_mode():  # first-call CUDA kernel loading happens here, not in a request
+            torch_ops.letterbox_batch(torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=self.device), self.size)
+        torch.cuda.synchronize(self.device)
+
+    def _image(self, request) -> torch.Tensor:  # noqa: ANN001
+        t = pb_utils.get_input_tensor_by_name(request, spec.IMAGE.name)
+        torch_ops.check_image_shape(t.shape())
+        x = from_dlpack(t.to_dlpack())
+        return x if x.is_cuda else x.to(self.device)
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        with torch.inference_mode():
+            for i, request in enumerate(requests):
+                try:
+                    x = self._image(request)
+                    groups.setdefault((x.shape[1], x.shape[2]), []).append((i, x))
+                except InputError as e:
+                    responses[i] = error_response(pb_utils, e)
+            for (h, w), items in groups.items():
+                images = items[0][1] if len(items) == 1 else torch.cat([x for _, x in items])
+                pixels = torch_ops.letterbox_batch(images, self.size)
+                lb = geometry.plan(h, w, self.size).as_array()
+                start = 0
+                for i, x in items:
+                    n = x.shape[0]
+                    responses[i] = pb_utils.InferenceResponse([
+                        pb_utils.Tensor.from_dlpack(spec.PIXELS.name, pixels[start : start + n]),
+                        pb_utils.Tensor(spec.LETTERBOX.name, np.repeat(lb[None], n, axis=0)),
+                    ])
+                    start += n
+            torch.cuda.current_stream(self.device).synchronize()  # outputs complete before Triton reads them
+        return responses

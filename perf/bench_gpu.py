@@ -1,0 +1,374 @@
+"""GPU benchmark: the served GPU ensemble next to the raw network and Ultralytics' predict.
+
+    python perf/bench_gpu.py [--weights yolov8n.yaml] [--imgsz 640] [--image bus.jpg] [--quick]
+
+Measured in one run, on this machine's GPU, with the same weights and the same image:
+  (1) Ultralytics' own predict in FP16 (`YOLO(w).predict(img, half=True, device=0)`), median of
+      many calls after warm-up: the baseline a user has without a server;
+  (2) the raw network as the GPU detector runs it (the TorchScript artefact in FP16, replayed
+      from CUDA graphs), batch 1 latency and batch 64 throughput, timed with CUDA events: the
+      floor no pipeline around it can beat;
+  (3) the served GPU ensemble (`yolov8n_gpu`) under perf_analyzer: median latency at
+      concurrency 1 (plain gRPC, and with the image in CUDA shared memory, i.e. already on the
+      GPU as a camera pipeline would hand it over), and images/s at saturation; per-stage time
+      from Triton's statistics around every run.
+Ends with the ratios (served c1 / raw, Ultralytics / served) and the issue's targets.
+
+The repository is built from --weights under runs/bench-gpu/ (git-ignored) unless --repo is
+given. `yolov8n.yaml` (default) is the real YOLOv8n architecture with seeded random weights: the
+network costs what yolov8n.pt costs, but detects nothing, so NMS has no work (noted in the output).
+Results: runs/bench-gpu/<timestamp>/{results.json, summary.txt, perf_analyzer/, tritonserver.log}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from yolo_triton import images, perf_tools, repository, spec, stats  # noqa: E402
+from yolo_triton.client import DetectorClient  # noqa: E402
+from yolo_triton.server import Server  # noqa: E402
+
+TARGET_C1_MS = 2.4
+TARGET_SPEEDUP = 3.5
+TARGET_IMG_S = 3000.0
+STAGES = [spec.variant("gpu").ensemble, spec.variant("gpu").preprocess, spec.variant("gpu").detector,
+          spec.variant("gpu").postprocess]
+
+
+@dataclass
+class PaResult:
+    label: str
+    shm: str
+    concurrency: int
+    batch: int
+    img_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    avg_ms: float = 0.0
+    server_ms: dict[str, float] = field(default_factory=dict)
+    stages: list[dict] = field(default_factory=list)
+    command: str = ""
+    ok: bool = False
+    note: str = ""
+
+
+def default_image() -> Path:
+    shipped = ROOT / "assets" / "samples" / "bus.jpg"
+    if shipped.exists():
+        return shipped
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+
+
+# --- (1) Ultralytics -----------------------------------------------------------------------------
+
+
+def ultralytics_predict(weights: str, image: np.ndarray, imgsz: int, runs: int) -> dict:
+    """Median wall time of predict() on one image, FP16 on GPU 0, after warm-up."""
+    import torch
+
+    from yolo_triton import export
+
+    model = export.load(weights)  # seeded for a .yaml: the same weights the repository was built from
+
+    def once() -> None:
+        model.predict(image, imgsz=imgsz, half=True, device=0, verbose=False)
+        torch.cuda.synchronize()
+
+    for _ in range(10):
+        once()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+
+
+# --- (2) raw network ------------------------------------------------------------------------------
+
+
+def raw_network(artefact: Path, imgsz: int, runs: int) -> dict:
+    """CUDA-event timings of graph replays of the served artefact (FP16), batch 1 and 64."""
+    import torch
+
+    from yolo_triton import torch_ops
+
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda", 0)
+    net, _ = torch_ops.load_network(str(artefact), device, half=True)
+    out: dict[str, float] = {}
+    with torch.inference_mode():
+        x1 = torch.rand((1, 3, imgsz, imgsz), device=device, dtype=torch.float16)
+        for _ in range(5):
+            net(x1)
+        out["eager_b1_ms"] = _event_median(lambda: net(x1), runs)
+        big = max(torch_ops.BUCKETS)
+        graphed = torch_ops.GraphedNetwork(net, imgsz, device, torch.float16, (1, big))
+        out["graph_b1_ms"] = _event_median(lambda: graphed.replay(1), runs)
+        b_ms = _event_median(lambda: graphed.replay(big), max(runs // 10, 20))
+        out[f"graph_b{big}_ms"] = b_ms
+        out["graph_batch"] = big
+        out[f"graph_b{big}_img_s"] = big / b_ms * 1e3
+    return out
+
+
+def _event_median(fn, runs: int) -> float:  # noqa: ANN001
+    import torch
+
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+# --- (3) served ensemble --------------------------------------------------------------------------
+
+
+def write_input_data(image: np.ndarray, path: Path) -> Path:
+    """perf_analyzer --input-data with every ensemble input, thresholds at the server's defaults.
+
+    perf_analyzer 2.51 refuses shared memory for a model with optional inputs unless each has
+    data; sending the defaults explicitly asks the server for exactly what omitting them does.
+    """
+    entry = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
+                               "shape": list(image.shape)},
+             spec.CONF_THRESHOLD.name: [spec.DEFAULT_CONF], spec.IOU_THRESHOLD.name: [spec.DEFAULT_IOU],
+             spec.MAX_DETECTIONS.name: [spec.DEFAULT_MAX_DET]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": [entry]}))
+    return path
+
+
+def perf_analyzer(url: str, model: str, data: Path, shape: tuple[int, ...], r: PaResult, out_dir: Path,
+                  interval_ms: int, client: DetectorClient) -> PaResult:
+    """One perf_analyzer level; fills r with p50/p99/throughput and the per-stage breakdown.
+
+    A level that does not settle within 10% over 6 windows is measured once more over a fixed
+    number of requests (no stability search) and says so in its note.
+    """
+    csv_path = out_dir / f"{r.label}.csv"
+    base = [str(perf_tools.perf_analyzer_path()), "-m", model, "-i", "grpc", "-u", url, "-b", str(r.batch),
+            "--input-data", str(data), "--shape", f"{spec.IMAGE.name}:{','.join(map(str, shape))}",
+            "--concurrency-range", str(r.concurrency), "--percentile", "50", "-f", str(csv_path)]
+    if r.shm != "none":
+        base += ["--shared-memory", r.shm, "--output-shared-memory-size", str(1 << 20)]
+    before = stats.snapshot(client.model_stats())
+    log = []
+    for cmd in (base + ["--measurement-interval", str(interval_ms), "-s", "10", "-r", "6"],
+                base + ["--request-count", str(max(3000 // r.batch, 50 * r.concurrency))]):
+        csv_path.unlink(missing_ok=True)
+        r.command = " ".join(cmd)
+        try:
+            proc = subprocess.run(cmd, env=perf_tools.perf_analyzer_env(), capture_output=True, text=True,
+                                  timeout=240)
+            text, rc = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired:
+            text, rc = "timed out after 240 s", 124
+        log.append(r.command + "\n\n" + text)
+        if rc == 0 or "Failed to obtain stable measurement" not in text:
+            break
+        r.note = "unstable over 6 windows: fixed request count"
+    after = stats.snapshot(client.model_stats())
+    (out_dir / f"{r.label}.log").write_text("\n\n".join(log))
+    rows = perf_tools.read_csv(csv_path) if csv_path.exists() else []
+    if rc != 0 or not rows:
+        r.note = f"perf_analyzer exit {rc}: " + " | ".join(text.strip().splitlines()[-3:])[:400]
+        return r
+    row = rows[0]
+    us = 1e-3
+    r.img_s = float(row["Inferences/Second"])
+    r.p50_ms, r.p99_ms, r.avg_ms = (float(row[k]) * us for k in ("p50 latency", "p99 latency", "Avg latency"))
+    r.server_ms = {k: float(row.get(k, 0.0)) * us for k in
+                   ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
+                    "Server Compute Infer", "Server Compute Output", "Client Recv")}
+    r.stages = [{"model": s.model, "requests": s.count, "batch": s.count / s.executions if s.executions else 0.0,
+                 **{p: s.ms[p] for p in stats.PHASES}, "total": s.total_ms}
+                for s in stats.diff(before, after, STAGES)]
+    r.ok = True
+    return r
+
+
+def stage_table(r: PaResult) -> str:
+    head = (f"  {'model':<18}{'requests':>9}{'batch':>7}" + "".join(f"{p:>16}" for p in stats.PHASES)
+            + f"{'total ms':>10}")
+    lines = [head]
+    for s in r.stages:
+        lines.append(f"  {s['model']:<18}{s['requests']:>9}{s['batch']:>7.1f}"
+                     + "".join(f"{s[p]:>16.3f}" for p in stats.PHASES) + f"{s['total']:>10.3f}")
+    return "\n".join(lines)
+
+
+def served(repo: Path, image: np.ndarray, run: Path, levels: list[PaResult], interval_ms: int) -> tuple[list, dict]:
+    model = spec.variant("gpu").ensemble
+    data = write_input_data(image, run / "perf_analyzer" / "input.json")
+    with Server(repo, log=run / "tritonserver.log", only=["gpu"]) as server:
+        print(server.describe(), flush=True)
+        with DetectorClient(server.url, model=model, timeout_s=120) as client:
+            result = client.detect(image)  # also the last warm-up
+            check = {"detections": int(len(result.detections.scores)), "first_request_ms": result.latency_ms}
+            for r in levels:
+                print(f"  perf_analyzer {r.label}: concurrency {r.concurrency} x batch {r.batch}, "
+                      f"shared memory {r.shm} ...", flush=True)
+                perf_analyzer(server.url, model, data, image.shape, r, run / "perf_analyzer", interval_ms, client)
+                print(f"    {r.p50_ms:.3f} ms p50, {r.img_s:.1f} img/s {r.note}", flush=True)
+    return levels, check
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse_levels(text: str) -> list[PaResult]:
+    """'c1-grpc:none:1:1,...' = label:shm:concurrency:batch."""
+    out = []
+    for item in text.split(","):
+        label, shm, conc, batch = item.split(":")
+        if shm not in ("none", "system", "cuda"):
+            raise argparse.ArgumentTypeError(f"shared memory must be none, system or cuda, got {shm!r}")
+        out.append(PaResult(label, shm, int(conc), int(batch)))
+    return out
+
+
+DEFAULT_LEVELS = ("c1-grpc:none:1:1,c1-cudashm:cuda:1:1,"
+                  "sat-c64xb1-cudashm:cuda:64:1,sat-c16xb8-cudashm:cuda:16:8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="yolov8n.yaml", help="checkpoint or architecture yaml (default %(default)s)")
+    ap.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's)")
+    ap.add_argument("--repo", type=Path, default=None, help="use this built repository instead of building one")
+    ap.add_argument("--image", type=Path, default=None, help="default: bus.jpg (1080x810)")
+    ap.add_argument("--levels", type=parse_levels, default=parse_levels(DEFAULT_LEVELS),
+                    help="perf_analyzer levels, label:shm:concurrency:batch,... (default %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="shorter measurements (a smoke test, not a result)")
+    args = ap.parse_args(argv)
+
+    try:
+        import torch
+    except ImportError:
+        print("bench-gpu: torch is not installed", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("bench-gpu: no CUDA GPU visible to torch: nothing to measure here (run it on a GPU machine)",
+              file=sys.stderr)
+        return 2
+    image_path = args.image or default_image()
+    image = images.read(image_path)
+    h, w = image.shape[:2]
+    run = perf_tools.run_dir("bench-gpu")
+    (run / "perf_analyzer").mkdir()
+
+    repo = args.repo
+    if repo is None:
+        sys.path.insert(0, str(ROOT / "build"))
+        import build_engines
+
+        tag = Path(args.weights).stem + (f"-{args.imgsz}" if args.imgsz else "")
+        repo = perf_tools.RUNS / "bench-gpu" / "repos" / tag
+        extra = ["--imgsz", str(args.imgsz)] if args.imgsz else []
+        if build_engines.main(["--weights", args.weights, "--repo", str(repo), *extra]):
+            return 2
+    facts = repository.read_facts(repo)
+    artefact = repo / spec.variant("gpu").detector / "1" / spec.variant("gpu").artefact
+    gpu_name = torch.cuda.get_device_name(0)
+    print(f"bench-gpu: {gpu_name}; weights {facts.source}, imgsz {facts.imgsz}, {len(facts.names)} classes; "
+          f"image {image_path.name} {w}x{h}", flush=True)
+    runs = 60 if args.quick else 300
+    interval = 1500 if args.quick else 4000
+
+    print("(1) Ultralytics predict, FP16", flush=True)
+    ul = ultralytics_predict(facts.source, image, facts.imgsz, runs)
+    torch.cuda.empty_cache()
+    print(f"    median {ul['median_ms']:.3f} ms", flush=True)
+    print("(2) raw network: served artefact, FP16, CUDA graphs", flush=True)
+    raw = raw_network(artefact, facts.imgsz, runs)
+    torch.cuda.empty_cache()
+    big = int(raw["graph_batch"])
+    print(f"    batch 1 {raw['graph_b1_ms']:.3f} ms (eager {raw['eager_b1_ms']:.3f} ms), "
+          f"batch {big} {raw[f'graph_b{big}_ms']:.3f} ms = {raw[f'graph_b{big}_img_s']:.0f} img/s", flush=True)
+    print("(3) served GPU ensemble under perf_analyzer", flush=True)
+    levels, check = served(repo, image, run, args.levels, interval)
+
+    c1 = [r for r in levels if r.ok and r.concurrency == 1]
+    sat = [r for r in levels if r.ok and r.concurrency > 1]
+    best_c1 = min(c1, key=lambda r: r.p50_ms) if c1 else None
+    best_sat = max(sat, key=lambda r: r.img_s) if sat else None
+
+    lines = [f"bench-gpu {time.strftime('%Y-%m-%d %H:%M')} on {gpu_name}: weights {facts.source}, imgsz "
+             f"{facts.imgsz}, image {image_path.name} {w}x{h}, first served request found "
+             f"{check['detections']} detections"]
+    if facts.source.endswith((".yaml", ".yml")):
+        lines.append("  (random weights: the network costs what the trained one does, but NMS gets no boxes)")
+    lines += ["", f"{'':<46}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>9}",
+              f"{'(1) Ultralytics predict FP16, 1 image':<46}{ul['median_ms']:>9.3f}{'':>9}"
+              f"{1e3 / ul['median_ms']:>9.0f}",
+              f"{'(2) raw FP16 CUDA graph, batch 1':<46}{raw['graph_b1_ms']:>9.3f}{'':>9}"
+              f"{1e3 / raw['graph_b1_ms']:>9.0f}",
+              f"{f'(2) raw FP16 CUDA graph, batch {big}':<46}{raw[f'graph_b{big}_ms']:>9.3f}{'':>9}"
+              f"{raw[f'graph_b{big}_img_s']:>9.0f}"]
+    for r in levels:
+        label = f"(3) served {r.label} (c{r.concurrency} x b{r.batch})"
+        if r.ok:
+            lines.append(f"{label:<46}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.img_s:>9.0f}  {r.note}")
+        else:
+            lines.append(f"{label:<46}  FAILED: {r.note}")
+    lines.append("")
+    for r in levels:
+        if r.ok:
+            lines.append(f"per stage, {r.label} (Triton statistics, mean ms per request over the run):")
+            lines.append(stage_table(r))
+            sm = r.server_ms
+            lines.append("  perf_analyzer (us->ms): " + ", ".join(f"{k} {v:.3f}" for k, v in sm.items()))
+    lines.append("")
+    if best_c1:
+        lines.append(f"ratio served c1 ({best_c1.label}) / raw batch 1 = {best_c1.p50_ms / raw['graph_b1_ms']:.2f}")
+        lines.append(f"ratio Ultralytics / served c1 = {ul['median_ms'] / best_c1.p50_ms:.2f}x faster")
+    if best_sat:
+        lines.append(f"ratio served saturated ({best_sat.label}) / raw batch {big} = "
+                     f"{best_sat.img_s / raw[f'graph_b{big}_img_s']:.2f}")
+    lines.append("")
+    checks = []
+    if best_c1:
+        checks.append((f"c1 median latency <= {TARGET_C1_MS:.1f} ms", best_c1.p50_ms <= TARGET_C1_MS,
+                       f"{best_c1.p50_ms:.3f} ms"))
+        speedup = ul["median_ms"] / best_c1.p50_ms
+        checks.append((f"c1 >= {TARGET_SPEEDUP:.1f}x faster than Ultralytics predict", speedup >= TARGET_SPEEDUP,
+                       f"{speedup:.2f}x"))
+    if best_sat:
+        checks.append((f"saturated >= {TARGET_IMG_S:.0f} img/s", best_sat.img_s >= TARGET_IMG_S,
+                       f"{best_sat.img_s:.0f} img/s"))
+    for name, ok, value in checks:
+        lines.append(f"target {name}: {'MET' if ok else 'MISSED'} ({value})")
+    summary = "\n".join(lines)
+    print("\n" + summary, flush=True)
+    (run / "summary.txt").write_text(summary + "\n")
+    results = {"gpu": gpu_name, "weights": facts.source, "imgsz": facts.imgsz, "image": image_path.name,
+               "ultralytics": ul, "raw": raw, "served": [asdict(r) for r in levels], "check": check}
+    (run / "results.json").write_text(json.dumps(results, indent=1))
+    perf_tools.write_meta(run, "bench-gpu", {"summary": str(run / "summary.txt")})
+    print(f"\nbench-gpu: results in {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}")
+    return 0  # a missed target is reported above, not an error of the tool
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Faults against real servers (each test starts its own; the session server is left alone):
+a killed python stub comes back, SIGTERM drains what is in flight, the client retries
+UNAVAILABLE with backoff inside one deadline, and a deadline surfaces as a clear error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import ROOT, sample_images
+
+from yolo_triton import spec
+from yolo_triton.client import DetectorClient, ServerError
+from yolo_triton.server import EXIT_TIMEOUT_S, Ports, Server, free_port
+from yolo_triton.watchdog import SHM_DIR, STUB_NAME
+
+PYTHON_MODELS = (spec.PREPROCESS.name, spec.variant("ort").detector, spec.POSTPROCESS.name)
+
+
+def photo() -> np.ndarray:
+    return max(sample_images().values(), key=lambda im: im.shape[0] * im.shape[1])
+
+
+def same(a, b) -> None:
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+def stub_of(server_pid: int, model: str) -> psutil.Process:
+    for child in psutil.Process(server_pid).children():
+        try:
+            args = child.cmdline()
+        except psutil.Error:  # a zombie: a stub killed earlier
+            continue
+        if args and Path(args[0]).name == STUB_NAME and Path(args[1]).parents[1].name == model:
+            return child
+    raise AssertionError(f"no live python stub for {model}")
+
+
+def test_killed_stubs_come_back_and_requests_succeed(repo, tmp_path):
+    """Triton 2.51 leaves a killed stub dead (every request: INTERNAL "... is not healthy");
+    the launcher's watchdog reloads the model, and DetectorClient retries until it is back."""
+    image = photo()
+    with Server(repo, log=tmp_path / "tritonserver.log") as server, \
+            DetectorClient(server.url, timeout_s=120, retries=20) as client:
+        expected = client.detect(image).detections
+        for model in PYTHON_MODELS:
+            stub = stub_of(server.proc.pid, model)
+            region = SHM_DIR / stub.cmdline()[2]
+            assert region.exists()
+            os.kill(stub.pid, signal.SIGKILL)
+            start = time.monotonic()
+            same(client.detect(image).detections, expected)  # retried through the recovery
+            took = time.monotonic() - start
+            print(f"{model}: stub {stub.pid} killed; first answer after {took:.1f} s")
+            recovered = [r for r in server.watchdog.recoveries if r.model == model and r.dead_pid == stub.pid]
+            assert recovered and recovered[-1].ok, server.watchdog.recoveries
+            new = stub_of(server.proc.pid, model)
+            assert new.pid != stub.pid and new.is_running()
+            assert not region.exists(), "the dead stub's shared memory was left in /dev/shm"
+            for _ in range(3):
+                same(client.detect(image).detections, expected)
+        start = time.monotonic()
+    # Triton cannot unload a model version whose stub died after requests reached it: the exit
+    # waits out its timeout (and reports it) instead of hanging.
+    assert server.proc.returncode is not None
+    assert time.monotonic() - start < EXIT_TIMEOUT_S + 30
+
+
+def test_stub_killed_under_load_loses_no_request(repo, tmp_path):
+    image = photo()
+    with Server(repo, log=tmp_path / "tritonserver.log") as server:
+        with DetectorClient(server.url, timeout_s=120) as c:
+            expected = c.detect(image).detections
+        results: list[object] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with DetectorClient(server.url, timeout_s=120) as c:
+                while not stop.is_set():
+                    try:
+                        results.append(c.detect(image).detections)
+                    except ServerError as e:
+                        results.append(e)
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        os.kill(stub_of(server.proc.pid, spec.PREPROCESS.name).pid, signal.SIGKILL)
+        killed_at = len(results)
+        time.sleep(8)
+        stop.set()
+        for t in threads:
+            t.join(180)
+        errors = [r for r in results if isinstance(r, ServerError)]
+        assert not errors, errors[:3]
+        assert len(results) > killed_at + 3, "requests did not resume after the stub died"
+        for r in results:
+            same(r, expected)
+
+
+def _launcher(repo: Path, ports: Ports, log: Path) -> subprocess.Popen:
+    """`make serve`'s process: python -m yolo_triton.server."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "TRITON_API_KEY")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "yolo_triton.server", "--repo", str(repo), "--grpc-port", str(ports.grpc),
+         "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while "ready on grpc" not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "launcher not ready"
+        time.sleep(0.25)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(repo, tmp_path):
+    ports, log = Ports.free(), tmp_path / "serve.log"
+    proc = _launcher(repo, ports, log)
+    url = f"127.0.0.1:{ports.grpc}"
+    try:
+        _wait_ready(proc, log)
+        image = photo()
+        with DetectorClient(url, timeout_s=120) as c:
+            expected = c.detect(image).detections
+        batch = np.stack([image] * 6)
+        done: list[object] = []
+
+        def big_request() -> None:
+            with DetectorClient(url, timeout_s=180, retries=0) as c:
+                try:
+                    done.append(c.infer(batch)[0])
+                except ServerError as e:
+                    done.append(e)
+
+        threads = [threading.Thread(target=big_request) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        assert not done, "the requests finished before SIGTERM: make them bigger"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+
+        # While draining, a new request is refused at once (not queued, not hung).
+        time.sleep(0.5)
+        with DetectorClient(url, timeout_s=10, retries=0) as c:
+            t0 = time.monotonic()
+            with pytest.raises(ServerError) as err:
+                c.detect(image)
+            assert time.monotonic() - t0 < 3
+        assert err.value.status in ("StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE"), err.value
+
+        for t in threads:
+            t.join(240)
+        rc = proc.wait(120)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    errors = [r for r in done if isinstance(r, ServerError)]
+    assert not errors and len(done) == 3, errors
+    for dets in done:
+        assert len(dets) == len(batch)
+        for d in dets:
+            same(d, expected)
+    assert rc == 0, log.read_text()[-3000:]
+    assert "in-flight requests done" in log.read_text()
+    print(f"SIGTERM -> exit 0 after {took:.1f} s, 3 in-flight batches of {len(batch)} completed")
+
+    # After the exit, a request fails fast with UNAVAILABLE.
+    with DetectorClient(url, timeout_s=3) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServerError) as err:
+            c.detect(image)
+    assert err.value.status == "StatusCode.UNAVAILABLE" and time.monotonic() - t0 < 5
+
+
+def test_client_retries_until_the_server_comes_up(repo, tmp_path):
+    server = Server(repo, log=tmp_path / "tritonserver.log")
+    image = photo()
+    starter = threading.Timer(2.0, server.start)
+    try:
+        with DetectorClient(server.url, timeout_s=240, retries=10_000, backoff_s=0.1, max_backoff_s=1.0) as c:
+            t0 = time.monotonic()
+            starter.start()
+            assert server.proc is None  # nothing listens yet: the first attempts are refused
+            det = c.detect(image).detections
+            waited = time.monotonic() - t0
+        assert waited > 2.0 and det.boxes.shape == (len(det.scores), 4)
+        print(f"answer {waited:.1f} s after the first attempt (server started 2 s in)")
+    finally:
+        starter.join()
+        server.stop()
+
+
+def test_unreachable_server_fails_clearly_within_the_deadline():
+    url = f"127.0.0.1:{free_port()}"
+    with DetectorClient(url, timeout_s=3, backoff_s=0.1) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServerError) as err:
+            c.detect(np.zeros((8, 8, 3), np.uint8))
+        took = time.monotonic() - t0
+    assert err.value.status == "StatusCode.UNAVAILABLE"
+    assert "attempts" in str(err.value), str(err.value)
+    assert took < 3 + 1, f"{took:.1f} s for a 3 s deadline"
+
+
+def test_deadline_exceeded_is_a_clear_error_and_the_server_carries_on(server):
+    image = photo()
+    with DetectorClient(server.url, timeout_s=0.05) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServerError) as err:
+            c.infer(np.stack([image] * 16))
+        took = time.monotonic() - t0
+    assert err.value.status == "StatusCode.DEADLINE_EXCEEDED"
+    assert "0.05 s deadline" in str(err.value)
+    assert took < 2
+    with DetectorClient(server.url, timeout_s=120) as c:
+        det = c.detect(image).detections
+    assert det.boxes.shape == (len(det.scores), 4)

@@ -1,0 +1,353 @@
+"""The GPU variant: its torch math against the NumPy originals (CPU, always), its configs and the
+launcher's decision (always), and the served GPU ensemble (only where CUDA is visible).
+
+The CPU tests are what keeps `torch_ops` honest in CI: the GPU models run exactly these functions,
+only on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import sample_images
+from test_serving import iou_matrix
+
+from yolo_triton import geometry, nms, postprocess, repository, spec, torch_ops
+from yolo_triton import server as launcher
+from yolo_triton.client import OUTPUTS, DetectorClient, build_inputs
+from yolo_triton.validation import InputError
+
+GPU = spec.variant("gpu")
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU visible to torch (none here)")
+
+
+def _image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth random content: bilinear resizing differs from OpenCV's only in rounding, as on photos."""
+    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 0)
+
+
+# --- letterbox ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1080, 810), (720, 1280), (8, 8), (1, 1), (40, 1500), (640, 640), (321, 479)])
+def test_letterbox_batch_matches_numpy(shape):
+    rng = np.random.default_rng(sum(shape))
+    img = _image(rng, *shape)
+    canvas, lb = geometry.letterbox(img, 640)
+    want = geometry.to_pixels(canvas[None])[0]
+    got = torch_ops.letterbox_batch(torch.from_numpy(img)[None], 640)[0].numpy()
+    assert got.shape == want.shape and got.dtype == np.float32
+    diff = np.abs(got - want) * 255
+    assert diff.max() <= 1 + 1e-3, "at most one grey level apart (OpenCV rounds fixed-point, torch float)"
+    assert diff.mean() < 0.2
+    inside = np.zeros(want.shape[1:], bool)
+    inside[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = True
+    assert np.array_equal(got[:, ~inside], want[:, ~inside]), "padding must be exactly 114/255"
+    if (lb.new_h, lb.new_w) == shape:
+        assert np.array_equal(got, want), "no resize: bit-identical"
+
+
+def test_letterbox_batch_equals_one_by_one():
+    rng = np.random.default_rng(7)
+    imgs = np.stack([_image(rng, 300, 500) for _ in range(3)])
+    batch = torch_ops.letterbox_batch(torch.from_numpy(imgs), 320)
+    for i in range(3):
+        assert torch.equal(batch[i], torch_ops.letterbox_batch(torch.from_numpy(imgs[i : i + 1]), 320)[0])
+
+
+def test_image_shape_checks_name_the_problem():
+    torch_ops.check_image_shape((2, 1080, 810, 3))
+    with pytest.raises(InputError, match="IMAGE.*exceeds"):
+        torch_ops.check_image_shape((1, spec.MAX_IMAGE_SIDE + 1, 10, 3))
+    with pytest.raises(InputError, match="batch of"):
+        torch_ops.check_image_shape((spec.MAX_BATCH + 1, 10, 10, 3))
+
+
+# --- decode + NMS ---------------------------------------------------------------------------------
+
+
+def _raw(rng: np.random.Generator, nc: int, anchors: int, size: int = 640) -> np.ndarray:
+    """Detector-like output: boxes clustered around a few objects, so NMS has real work."""
+    raw = np.zeros((4 + nc, anchors), np.float32)
+    centers = rng.uniform(0, size, (12, 2))
+    k = rng.integers(0, len(centers), anchors)
+    raw[0] = centers[k, 0] + rng.normal(0, 6, anchors)
+    raw[1] = centers[k, 1] + rng.normal(0, 6, anchors)
+    raw[2:4] = rng.uniform(10, 120, (2, anchors))
+    raw[4:] = rng.random((nc, anchors)).astype(np.float32) ** 6
+    return raw
+
+
+def _decode(raws: np.ndarray, limits: list[tuple[float, float, int]], device: str = "cpu") -> list[nms.Detections]:
+    conf, iou, max_det = zip(*limits)
+    return torch_ops.decode_batch(torch.from_numpy(raws).to(device), conf, iou, max_det).to_numpy(len(raws))
+
+
+def _assert_identical(got: nms.Detections, want: nms.Detections) -> None:
+    assert len(got.scores) == len(want.scores)
+    assert np.array_equal(got.classes, want.classes)
+    assert np.array_equal(got.scores, want.scores)
+    assert np.array_equal(got.boxes, want.boxes)
+
+
+@pytest.mark.parametrize("nc,anchors", [(3, 2100), (80, 8400)])
+def test_decode_batch_equals_numpy_decode(nc, anchors):
+    """Per-image thresholds in one batch; every image must equal nms.decode bit for bit."""
+    rng = np.random.default_rng(nc)
+    limits = [(0.25, 0.7, 300), (0.1, 0.5, 5), (0.5, 0.7, 300), (0.999, 0.7, 300), (0.05, 0.45, 50)]
+    raws = np.stack([_raw(rng, nc, anchors) for _ in limits])
+    got = _decode(raws, limits)
+    kept = 0
+    for raw, (c, u, m), g in zip(raws, limits, got):
+        want = nms.decode(raw, c, u, m)
+        _assert_identical(g, want)
+        kept += len(want.scores)
+    assert kept > 50, "the case must exercise NMS"
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_decode_batch_with_shared_thresholds(n):
+    """The common case (one threshold set for the batch) takes scalar paths; same results."""
+    rng = np.random.default_rng(10 + n)
+    raws = np.stack([_raw(rng, 80, 8400) for _ in range(n)])
+    limits = [(0.2, 0.6, 7)] * n
+    for raw, g in zip(raws, _decode(raws, limits)):
+        want = nms.decode(raw, 0.2, 0.6, 7)
+        assert len(want.scores) == 7
+        _assert_identical(g, want)
+
+
+def test_decode_batch_caps_candidates_like_numpy(monkeypatch):
+    monkeypatch.setattr(nms, "MAX_NMS", 150)
+    monkeypatch.setattr(torch_ops, "MAX_NMS", 150)
+    rng = np.random.default_rng(3)
+    raws = np.stack([_raw(rng, 3, 2100) for _ in range(2)])
+    limits = [(0.01, 0.7, 300), (0.01, 0.6, 300)]
+    for raw, (c, u, m), g in zip(raws, limits, _decode(raws, limits)):
+        _assert_identical(g, nms.decode(raw, c, u, m))
+
+
+def test_decode_batch_without_candidates():
+    rng = np.random.default_rng(4)
+    raws = np.stack([_raw(rng, 3, 2100) for _ in range(2)])
+    for d in _decode(raws, [(1.0, 0.7, 300), (1.0, 0.7, 300)]):
+        assert len(d.scores) == 0 and d.boxes.shape == (0, 4)
+
+
+def test_postprocess_batch_equals_cpu_postprocess():
+    """Decode on torch + unletterbox on the host = postprocess.postprocess_batch, padded the same."""
+    rng = np.random.default_rng(5)
+    raws = np.stack([_raw(rng, 3, 2100, size=320) for _ in range(3)])
+    lbs = np.stack([geometry.plan(h, w, 320).as_array() for h, w in ((1080, 810), (100, 1500), (320, 320))])
+    limits = [(0.25, 0.7, 300), (0.2, 0.6, 10), (0.3, 0.7, 300)]
+    want = postprocess.postprocess_batch(raws, lbs, limits)
+    got = postprocess.pad_batch(torch_ops.postprocess_batch(torch.from_numpy(raws), lbs, limits))
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
+# --- artefact, configs, launcher ------------------------------------------------------------------
+
+
+def test_gpu_artefact_matches_the_onnx_export(repo, facts):
+    """The TorchScript the GPU detector loads computes what the ONNX variants compute (FP32, CPU)."""
+    from yolo_triton.ort_session import make_session
+
+    path = repo / GPU.detector / "1" / GPU.artefact
+    net, recorded = torch_ops.load_network(str(path), torch.device("cpu"), half=False)
+    assert recorded["imgsz"] == facts.imgsz and recorded["names"] == list(facts.names)
+    session = make_session(repo / spec.variant("ort").detector / "1" / "model.onnx")
+    x = torch.cat([torch_ops.letterbox_batch(torch.from_numpy(im)[None], facts.imgsz)
+                   for im in sample_images().values()])
+    with torch.no_grad():
+        got = net(x).numpy()
+    want = session.run([spec.RAW.name], {spec.PIXELS.name: x.numpy()})[0]
+    assert got.shape == want.shape == (x.shape[0], facts.num_outputs, facts.num_anchors)
+    assert np.abs(got[:, :4] - want[:, :4]).max() < 0.01, "box coordinates (pixels)"
+    assert np.abs(got[:, 4:] - want[:, 4:]).max() < 1e-4, "class scores"
+
+
+def test_gpu_configs_keep_tensors_on_the_gpu(repo):
+    configs = {m: repository.parse((repo / m / "config.pbtxt").read_text())
+               for m in (GPU.preprocess, GPU.detector, GPU.postprocess)}
+    for name, cfg in configs.items():
+        assert cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no", name
+        assert [g.kind for g in cfg.instance_group] == [repository.mc.ModelInstanceGroup.KIND_GPU], name
+        assert cfg.max_batch_size == spec.MAX_BATCH and cfg.HasField("dynamic_batching"), name
+    det = configs[GPU.detector]
+    assert det.dynamic_batching.max_queue_delay_microseconds == 0, "a batch of one must not wait"
+    assert list(det.dynamic_batching.preferred_batch_size) == list(torch_ops.BUCKETS)
+    assert det.parameters["artefact"].string_value == GPU.artefact
+    ens = repository.parse((repo / GPU.ensemble / "config.pbtxt").read_text())
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == [GPU.preprocess, GPU.detector, GPU.postprocess]
+
+
+def test_launcher_loads_the_gpu_variant_only_with_a_gpu(repo):
+    without = launcher.plan_models(repo, set(), gpu=False)
+    assert without.skipped[GPU.ensemble] == "needs a GPU, none visible"
+    assert GPU.detector not in without.load
+    with_gpu = launcher.plan_models(repo, set(), gpu=True)
+    assert {GPU.preprocess, GPU.detector, GPU.postprocess, GPU.ensemble} <= set(with_gpu.load)
+    assert with_gpu.alias == GPU, "on a GPU machine `yolov8n` serves the GPU ensemble (bundled server)"
+
+
+@pytest.mark.skipif(launcher.gpu_available(), reason="this machine has a GPU: the GPU variant is served")
+def test_server_without_gpu_reports_why_it_skips_the_gpu_variant(server):
+    assert "GPU" in server.plan.skipped[GPU.ensemble]
+    assert GPU.ensemble not in server.plan.load
+    with DetectorClient(server.url) as c:
+        cfg = c.client.get_model_config(spec.ALIAS, as_json=True)["config"]
+        assert cfg["parameters"]["variant"]["string_value"] != "gpu"
+        assert c.detect(next(iter(sample_images().values()))).latency_ms > 0, "everything else still serves"
+
+
+# --- on a GPU ----------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_ops_match_numpy():
+    rng = np.random.default_rng(11)
+    limits = [(0.25, 0.7, 300), (0.1, 0.5, 20)]
+    raws = np.stack([_raw(rng, 80, 8400) for _ in limits])
+    for raw, (c, u, m), g in zip(raws, limits, _decode(raws, limits, "cuda")):
+        want = nms.decode(raw, c, u, m)
+        assert len(g.scores) == len(want.scores)
+        assert np.array_equal(g.classes, want.classes)
+        np.testing.assert_allclose(g.boxes, want.boxes, atol=1e-3)
+        np.testing.assert_allclose(g.scores, want.scores, atol=1e-6)
+    img = _image(rng, 1080, 810)
+    cpu = torch_ops.letterbox_batch(torch.from_numpy(img)[None], 640)
+    gpu = torch_ops.letterbox_batch(torch.from_numpy(img)[None].cuda(), 640).cpu()
+    assert (cpu - gpu).abs().max() * 255 <= 1 + 1e-3
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_graph_replay_equals_eager_fp16(repo, facts):
+    device = torch.device("cuda", 0)
+    path = repo / GPU.detector / "1" / GPU.artefact
+    net, _ = torch_ops.load_network(str(path), device, half=True)
+    graphed = torch_ops.GraphedNetwork(net, facts.imgsz, device, torch.float16, (1, 4))
+    x = torch.rand((3, 3, facts.imgsz, facts.imgsz), device=device)
+    with torch.inference_mode():
+        eager = net(x.half()).float()
+        replayed = graphed(x).float()  # padded to the bucket of 4
+    assert replayed.shape == eager.shape
+    assert (replayed - eager).abs().max() < 0.05 * max(1.0, float(eager.abs().max()) / 100)
+
+
+def _served(url: str, model: str, image: np.ndarray, **kw) -> nms.Detections:
+    with DetectorClient(url, model=model, timeout_s=120) as c:
+        return c.detect(image, **kw).detections
+
+
+def _validation_images(n: int) -> list[np.ndarray]:
+    """The demo data set's validation images (regrown from its seed, JPEG round trip as on disk)."""
+    from make_dataset import DEFAULT_VAL_SEED
+
+    from yolo_triton import synth
+
+    out = []
+    for i in range(n):
+        img, _ = synth.render_image(synth.image_rng(DEFAULT_VAL_SEED, i))
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, synth.JPEG_QUALITY])
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    return out
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gpu_ensemble_agrees_with_the_fp32_onnx_variant(server):
+    """FP16 GPU pipeline vs FP32 ONNX Runtime pipeline: every confident box has a twin of the same
+    class with IoU >= 0.95. Boxes within 0.03 of the confidence threshold may flip either way."""
+    conf, margin = spec.DEFAULT_CONF, 0.03
+    ort = spec.variant("ort").ensemble
+    matched, worst = 0, 1.0
+    for img in list(sample_images().values()) + _validation_images(40):
+        fp16, fp32 = _served(server.url, GPU.ensemble, img), _served(server.url, ort, img)
+        for a, b in ((fp16, fp32), (fp32, fp16)):
+            sure = a.scores > conf + margin
+            if not sure.any():
+                continue
+            assert len(b.scores), f"{sure.sum()} confident boxes without any counterpart"
+            iou = iou_matrix(a.boxes[sure], b.boxes)
+            same = a.classes[sure][:, None] == b.classes[None, :]
+            best = np.where(same, iou, 0).max(1)
+            assert (best >= 0.95).all(), f"IoU {best.min():.3f} < 0.95"
+            matched += int(sure.sum())
+            worst = min(worst, float(best.min()))
+    assert matched > 50, "the comparison needs detections (the demo checkpoint)"
+    print(f"{matched} confident boxes matched, worst IoU {worst:.4f}")
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gpu_ensemble_answers_any_size_and_batches(server, facts):
+    rng = np.random.default_rng(0)
+    with DetectorClient(server.url, model=GPU.ensemble, timeout_s=120) as c:
+        for h, w in [(1080, 810), (8, 8), (1, 1), (3000, 4000), (40, 1500)]:
+            det = c.detect(_image(rng, h, w), conf=0.01).detections
+            assert ((det.boxes[:, [0, 2]] >= 0) & (det.boxes[:, [0, 2]] <= w)).all()
+            assert ((det.boxes[:, [1, 3]] >= 0) & (det.boxes[:, [1, 3]] <= h)).all()
+            assert ((det.classes >= 0) & (det.classes < len(facts.names))).all()
+        image = next(iter(sample_images().values()))
+        flipped = np.ascontiguousarray(image[:, ::-1])
+        batch, _ = c.infer(np.stack([image, flipped, image]))
+        for got, img in zip(batch, [image, flipped, image]):
+            single = c.detect(img).detections
+            assert len(got.scores) == len(single.scores)
+            if len(got.scores):
+                assert iou_matrix(got.boxes, single.boxes).max(1).min() >= 0.99
+        strict = c.detect(image, conf=0.8).detections
+        assert (strict.scores > 0.8).all()
+        assert len(c.detect(image, conf=0.05, max_det=1).detections.scores) <= 1
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gpu_concurrent_mixed_sizes_equal_single_requests(server):
+    images = list(sample_images().values())
+    images += [np.ascontiguousarray(im[: im.shape[0] // 2]) for im in images]
+    alone = [_served(server.url, GPU.ensemble, im) for im in images]
+    with cf.ThreadPoolExecutor(len(images)) as pool:
+        together = list(pool.map(lambda im: _served(server.url, GPU.ensemble, im), images * 3))
+    for got, want in zip(together, alone * 3):
+        assert len(got.scores) == len(want.scores)
+        if len(want.scores):  # other batch sizes replay other graphs: FP16 rounding may move a box a hair
+            iou = iou_matrix(got.boxes, want.boxes)
+            assert iou.max(1).min() >= 0.99
+            assert np.array_equal(got.classes, want.classes)
+    with DetectorClient(server.url) as c:
+        stats = c.model_stats(GPU.detector)["model_stats"][0]
+    assert int(stats["execution_count"]) < int(stats["inference_stats"]["success"]["count"]), "never batched"
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gpu_ensemble_rejects_bad_input_with_a_clear_error(server):
+    from tritonclient.utils import InferenceServerException
+
+    with DetectorClient(server.url, model=GPU.ensemble) as c:
+        too_big = np.zeros((1, spec.MAX_IMAGE_SIDE + 1, 8, 3), np.uint8)
+        with pytest.raises(InferenceServerException, match="IMAGE.*exceeds"):
+            c.client.infer(GPU.ensemble, build_inputs(too_big), outputs=OUTPUTS)
+        image = next(iter(sample_images().values()))[None]
+        with pytest.raises(InferenceServerException, match="CONF_THRESHOLD"):
+            c.client.infer(GPU.ensemble, build_inputs(image, conf=1.5), outputs=OUTPUTS)
+        assert c.detect(image[0]).latency_ms > 0, "the model survives bad requests"
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_alias_serves_the_gpu_variant_on_a_gpu_machine(server):
+    with DetectorClient(server.url) as c:
+        cfg = c.client.get_model_config(spec.ALIAS, as_json=True)["config"]
+        assert cfg["parameters"]["variant"]["string_value"] in ("gpu", "trt")
+        assert json.loads(cfg["parameters"]["names"]["string_value"])

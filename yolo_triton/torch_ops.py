@@ -1,0 +1,265 @@
+"""The GPU variant's tensor math in PyTorch: letterbox, decode + batched NMS, CUDA-graph runner.
+
+Only what cannot stay in NumPy lives here, and every function mirrors a NumPy original that
+remains the definition: `letterbox_batch` ~ `geometry.letterbox` + `geometry.to_pixels` (the plan
+itself comes from `geometry.plan`), `decode_batch` ~ `nms.decode` (same strict `>` on confidence,
+same 30000-candidate cap, same float32 class offsets, same `IoU > threshold` suppression, same
+max_det). Mapping boxes back to the image stays `geometry.unletterbox` on the few final boxes.
+tests/test_gpu.py checks each against its original on CPU tensors, so CI guards them without a GPU.
+
+torch is imported lazily by callers (the CPU path of the project does not need it at import time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from yolo_triton import geometry, spec
+from yolo_triton.nms import MAX_NMS, MAX_WH, Detections
+from yolo_triton.validation import check_images
+
+# Batch sizes a CUDA graph is captured for (declared with the variant in spec); a batch is padded
+# up to the next one. Powers of two keep the padding under 2x with only a few graphs to capture.
+BUCKETS: tuple[int, ...] = tuple(
+    int(b) for b in spec.variant("gpu").extra["cuda_graph_batches"].split(",") if int(b) <= spec.MAX_BATCH
+)
+FACTS_EXTRA = "facts.json"  # extra file of the TorchScript archive: the checkpoint facts it holds
+
+
+def check_image_shape(shape: Sequence[int]) -> None:
+    """`validation.check_images` for an image batch that may live on the GPU.
+
+    The checks only read dtype and shape, so a zero-stride uint8 view of that shape stands in
+    for the pixels (Triton has already enforced the declared dtype) and nothing is copied.
+    """
+    check_images(np.broadcast_to(np.zeros((), np.uint8), tuple(int(s) for s in shape)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocess
+
+
+def letterbox_batch(images: torch.Tensor, size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Same-size BGR uint8 NHWC images -> letterboxed RGB float32 NCHW in [0, 1].
+
+    Equals `to_pixels(letterbox(img))` for each image up to bilinear rounding (OpenCV's uint8
+    resize uses fixed-point weights; here the float result is rounded to the nearest level, so a
+    pixel differs by at most one level). Work happens on `images.device`, in one pass per step
+    for the whole batch.
+    """
+    n, h, w, _ = images.shape
+    lb = geometry.plan(h, w, size)
+    canvas = out if out is not None else torch.empty((n, 3, size, size), dtype=torch.float32, device=images.device)
+    canvas.fill_(float(geometry.PAD_VALUE))
+    region = canvas[:, :, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
+    x = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels-last strides): no copy
+    if (lb.new_h, lb.new_w) != (h, w):
+        x = torch.nn.functional.interpolate(
+            x.float(), size=(lb.new_h, lb.new_w), mode="bilinear", align_corners=False, antialias=False
+        ).round_()
+    region.copy_(x.flip(1))  # BGR -> RGB
+    # A tensor divisor keeps true division (a Python scalar becomes a multiply by 1/255 on CUDA),
+    # so the float32 values are exactly those of to_pixels for the same grey levels.
+    return canvas.div_(torch.full((), 255.0, dtype=canvas.dtype, device=canvas.device))
+
+
+# --------------------------------------------------------------------------------------------------
+# Postprocess
+
+
+def xywh2xyxy(xywh: torch.Tensor) -> torch.Tensor:
+    """`nms.xywh2xyxy` term by term (half-size subtracted/added), on (n, 4) rows."""
+    half = xywh[:, 2:] / 2
+    return torch.cat((xywh[:, :2] - half, xywh[:, :2] + half), 1)
+
+
+@dataclass(frozen=True)
+class BatchDetections:
+    """Detections of a batch in network-input pixels, grouped by image, best score first."""
+
+    boxes: torch.Tensor  # (k, 4) float32 xyxy
+    scores: torch.Tensor  # (k,) float32
+    classes: torch.Tensor  # (k,) int64
+    image: torch.Tensor  # (k,) int64, non-decreasing
+
+    def to_numpy(self, n: int) -> list[Detections]:
+        """Per-image `Detections` after one device-to-host copy of everything."""
+        packed = torch.cat(
+            (self.boxes, self.scores[:, None], self.classes[:, None].float(), self.image[:, None].float()), 1
+        ).cpu().numpy()
+        counts = np.bincount(packed[:, 6].astype(np.int64), minlength=n)
+        out, start = [], 0
+        for c in counts:
+            rows = packed[start : start + c]
+            out.append(Detections(rows[:, :4].copy(), rows[:, 4].copy(), rows[:, 5].astype(np.int32)))
+            start += c
+        return out
+
+
+def decode_batch(
+    raw: torch.Tensor, conf: Sequence[float], iou: Sequence[float], max_det: Sequence[int]
+) -> BatchDetections:
+    """`nms.decode` for every image of a (n, 4 + nc, anchors) batch with one NMS launch per IoU value.
+
+    Thresholds are per image. Images are kept apart in one NMS by adding a per-image offset in
+    float64 on top of Ultralytics' float32 class offset, so every box is compared exactly as
+    `nms.decode` compares it, yet a batch costs a few kernel launches and three host
+    synchronisations (candidates, NMS, result) instead of a loop over images. Thresholds shared
+    by the whole batch (the usual case) stay Python scalars: no host-to-device copies.
+    """
+    import torchvision
+
+    n, rows, anchors = raw.shape
+    nc = rows - 4
+    device = raw.device
+    scores, classes = raw[:, 4:, :].max(1)  # (n, anchors): best class per anchor
+    if len(set(conf)) == 1:
+        mask = scores > float(conf[0])  # strict '>' as Ultralytics
+    else:
+        mask = scores > torch.tensor(list(conf), dtype=torch.float32).to(device)[:, None]
+    if anchors > MAX_NMS:  # keep only each image's MAX_NMS best candidates
+        top = scores.masked_fill(~mask, float("-inf")).topk(MAX_NMS, dim=1).indices
+        capped = torch.zeros_like(mask)
+        capped.scatter_(1, top, True)
+        mask &= capped
+    img, anchor = mask.nonzero(as_tuple=True)  # sync 1; anchor order within an image, as NumPy
+    if img.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return BatchDetections(torch.zeros((0, 4), device=device), torch.zeros(0, device=device), empty, empty)
+    boxes = xywh2xyxy(raw[img, :4, anchor].float())
+    cand_scores = scores[img, anchor].float()
+    cand_classes = classes[img, anchor]
+    offset_boxes = boxes + (cand_classes[:, None] * MAX_WH).float()  # float32, like nms.decode
+    if n > 1:  # images apart: offsets past any class offset; float64 keeps the float32 sums exact
+        image_gap = float((nc + 2) * MAX_WH + 4096)
+        separated = offset_boxes.double() + (img.double() * image_gap)[:, None]
+        nms_scores = cand_scores.double()  # torchvision wants boxes and scores of one dtype
+    else:
+        separated, nms_scores = offset_boxes, cand_scores
+    kept_parts = []
+    for value in sorted(set(iou)):  # usually a single value: one NMS for the whole batch
+        if len(set(iou)) == 1:
+            kept_parts.append(torchvision.ops.nms(separated, nms_scores, float(value)))  # sync 2
+            continue
+        sel = torch.tensor([i for i, u in enumerate(iou) if u == value], device=device)
+        idx = torch.isin(img, sel).nonzero(as_tuple=True)[0]
+        kept_parts.append(idx[torchvision.ops.nms(separated[idx], nms_scores[idx], float(value))])
+    if len(kept_parts) == 1:
+        kept = kept_parts[0]  # descending score
+    else:  # restore one global score order before grouping
+        kept = torch.cat(kept_parts)
+        kept = kept[torch.sort(cand_scores[kept], descending=True, stable=True).indices]
+    if n == 1:
+        kept = kept[: int(max_det[0])]
+    else:  # group by image keeping score order, then cut each image at its max_det
+        kept = kept[torch.sort(img[kept], stable=True).indices]
+        kept_img = img[kept]
+        counts = torch.bincount(kept_img, minlength=n)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(kept), device=device) - starts[kept_img]
+        if len(set(max_det)) == 1:
+            kept = kept[rank < int(max_det[0])]
+        else:
+            kept = kept[rank < torch.tensor(list(max_det), device=device)[kept_img]]
+    return BatchDetections(boxes[kept], cand_scores[kept], cand_classes[kept], img[kept])
+
+
+def postprocess_batch(
+    raw: torch.Tensor, letterbox_rows: np.ndarray, limits: list[tuple[float, float, int]]
+) -> list[Detections]:
+    """`postprocess.postprocess_one` for a batch: decode + NMS on raw's device, unletterbox on host."""
+    conf, iou, max_det = zip(*limits)
+    dets = decode_batch(raw, conf, iou, max_det).to_numpy(raw.shape[0])
+    return [
+        Detections(geometry.unletterbox(d.boxes, letterbox_rows[i]), d.scores, d.classes) if len(d.scores) else d
+        for i, d in enumerate(dets)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Detector
+
+
+def load_network(path: str, device: torch.device, half: bool = True) -> tuple[torch.nn.Module, dict]:
+    """The TorchScript detector written by `gpu_export` on `device` (FP16 where asked), and the
+    checkpoint facts recorded in it (imgsz, names)."""
+    import json
+    import warnings
+
+    extra = {FACTS_EXTRA: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in favour of torch.export
+        net = torch.jit.load(path, map_location=device, _extra_files=extra).eval()
+    text = extra[FACTS_EXTRA]
+    facts = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
+    return (net.half() if half else net.float()), facts
+
+
+class GraphedNetwork:
+    """A network replayed from one CUDA graph per batch-size bucket.
+
+    A batch is copied (and cast) into a static input buffer, padded up to the next bucket and
+    replayed: one launch instead of ~200 kernels, which is what brings batch-1 latency close to
+    the GPU time of the network itself. All graphs share one memory pool; that is safe because
+    replays run one at a time on one stream and the caller copies the output out before the
+    next replay (`__call__` returns a view into the graph's static output).
+    """
+
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor], torch.Tensor],
+        imgsz: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float16,
+        buckets: Sequence[int] = BUCKETS,
+        channels_last: bool = True,
+        warmup: int = 3,
+    ) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.device, self.dtype = device, dtype
+        self.static_in = torch.zeros((self.buckets[-1], 3, imgsz, imgsz), dtype=dtype, device=device)
+        self.static_in.normal_().clamp_(0, 1)  # real-looking data for cudnn's algorithm search
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return net(x.contiguous(memory_format=fmt))
+
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.static_out: dict[int, torch.Tensor] = {}
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        # The TorchScript executor's profiling/fusion passes would only slow the warmup down:
+        # after capture, replays bypass it entirely.
+        with torch.inference_mode(), torch.jit.optimized_execution(False), torch.cuda.stream(side):
+            for b in reversed(self.buckets):  # largest first: the pool is sized once
+                x = self.static_in[:b]
+                for _ in range(warmup):
+                    run(x)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=side):
+                    self.static_out[b] = run(x)
+                self.graphs[b] = graph
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 3, S, S) -> (n, 4 + nc, anchors); n up to the largest bucket. A view: copy it out."""
+        n = x.shape[0]
+        b = self.bucket(n)
+        self.static_in[:n].copy_(x)
+        self.graphs[b].replay()
+        return self.static_out[b][:n]
+
+    def replay(self, b: int) -> None:
+        """Replay bucket `b` on whatever the static input holds (for timing the network alone)."""
+        self.graphs[b].replay()
