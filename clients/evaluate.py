@@ -4,7 +4,8 @@
 
 Sends every validation image through the served ensemble over gRPC at confidence 0.001 and with
 MULTI_LABEL set (every class above the threshold per box), as the Ultralytics validator does;
-scores the detections with Ultralytics' metrics (`match_predictions`, `ap_per_class`), runs `YOLO(checkpoint).val` on the same images, and prints both with the delta.
+scores the detections with Ultralytics' metrics (`match_predictions`, `ap_per_class`), runs
+`YOLO(checkpoint).val` on the same images, and prints both with the delta.
 The checkpoint is the one the model repository was built from (artefact.json), so both sides
 use the same weights.
 
