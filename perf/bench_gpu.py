@@ -3,7 +3,8 @@
     python perf/bench_gpu.py [--weights yolov8n.yaml] [--imgsz 640] [--image bus.jpg] [--quick]
 
 Measured in one run, on this machine's GPU, with the same weights and the same image:
-  (1) Ultralytics' own predict in FP16 (`YOLO(w).predict(img, half=True, device=0)`), median of
+  (1) Ultralytics' own predict in FP16 (`YOLO(w).predict(img, quantize=16, device=0)`, i.e.
+      `half=True` under its current name), median of
       many calls after warm-up: the baseline a user has without a server;
   (2) the raw network as the GPU detector runs it (the TorchScript artefact in FP16, replayed
       from CUDA graphs), batch 1 latency and batch 64 throughput, timed with CUDA events: the
@@ -44,6 +45,7 @@ from yolo_triton.server import Server  # noqa: E402
 TARGET_C1_MS = 2.4
 TARGET_SPEEDUP = 3.5
 TARGET_IMG_S = 3000.0
+PA_TIMEOUT_S = 90
 STAGES = [spec.variant("gpu").ensemble, spec.variant("gpu").preprocess, spec.variant("gpu").detector,
           spec.variant("gpu").postprocess]
 
@@ -86,7 +88,7 @@ def ultralytics_predict(weights: str, image: np.ndarray, imgsz: int, runs: int) 
     model = export.load(weights)  # seeded for a .yaml: the same weights the repository was built from
 
     def once() -> None:
-        model.predict(image, imgsz=imgsz, half=True, device=0, verbose=False)
+        model.predict(image, imgsz=imgsz, quantize=16, device=0, verbose=False)  # = half=True (deprecated name)
         torch.cuda.synchronize()
 
     for _ in range(10):
@@ -150,10 +152,15 @@ def write_input_data(image: np.ndarray, path: Path) -> Path:
     perf_analyzer 2.51 refuses shared memory for a model with optional inputs unless each has
     data; sending the defaults explicitly asks the server for exactly what omitting them does.
     """
-    entry = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
-                               "shape": list(image.shape)},
-             spec.CONF_THRESHOLD.name: [spec.DEFAULT_CONF], spec.IOU_THRESHOLD.name: [spec.DEFAULT_IOU],
-             spec.MAX_DETECTIONS.name: [spec.DEFAULT_MAX_DET]}
+    defaults = {spec.CONF_THRESHOLD.name: spec.DEFAULT_CONF, spec.IOU_THRESHOLD.name: spec.DEFAULT_IOU,
+                spec.MAX_DETECTIONS.name: spec.DEFAULT_MAX_DET, spec.MULTI_LABEL.name: False}
+    entry: dict = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
+                                     "shape": list(image.shape)}}
+    for t in spec.ENSEMBLE_INPUTS:
+        if t.optional:
+            if t.name not in defaults:
+                raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
+            entry[t.name] = [defaults[t.name]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": [entry]}))
     return path
@@ -180,10 +187,10 @@ def perf_analyzer(url: str, model: str, data: Path, shape: tuple[int, ...], r: P
         r.command = " ".join(cmd)
         try:
             proc = subprocess.run(cmd, env=perf_tools.perf_analyzer_env(), capture_output=True, text=True,
-                                  timeout=240)
+                                  timeout=PA_TIMEOUT_S)
             text, rc = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired:
-            text, rc = "timed out after 240 s", 124
+            text, rc = f"timed out after {PA_TIMEOUT_S} s", 124
         log.append(r.command + "\n\n" + text)
         if rc == 0 or "Failed to obtain stable measurement" not in text:
             break
@@ -197,7 +204,7 @@ def perf_analyzer(url: str, model: str, data: Path, shape: tuple[int, ...], r: P
     row = rows[0]
     us = 1e-3
     r.img_s = float(row["Inferences/Second"])
-    r.p50_ms, r.p99_ms, r.avg_ms = (float(row[k]) * us for k in ("p50 latency", "p99 latency", "Avg latency"))
+    r.p50_ms, r.p99_ms, r.avg_ms = (float(row.get(k, 0.0)) * us for k in ("p50 latency", "p99 latency", "Avg latency"))
     r.server_ms = {k: float(row.get(k, 0.0)) * us for k in
                    ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
                     "Server Compute Infer", "Server Compute Output", "Client Recv")}
@@ -248,8 +255,7 @@ def parse_levels(text: str) -> list[PaResult]:
     return out
 
 
-DEFAULT_LEVELS = ("c1-grpc:none:1:1,c1-cudashm:cuda:1:1,"
-                  "sat-c64xb1-cudashm:cuda:64:1,sat-c16xb8-cudashm:cuda:16:8")
+DEFAULT_LEVELS = "c1-grpc:none:1:1,c1-cudashm:cuda:1:1,sat-c64xb1-cudashm:cuda:64:1,sat-c16xb8-cudashm:cuda:16:8"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     run = perf_tools.run_dir("bench-gpu")
     (run / "perf_analyzer").mkdir()
 
+    if Path(args.weights).exists():  # the build exports from a temporary folder: make the path absolute
+        args.weights = str(Path(args.weights).resolve())
     repo = args.repo
     if repo is None:
         sys.path.insert(0, str(ROOT / "build"))
@@ -293,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu_name = torch.cuda.get_device_name(0)
     print(f"bench-gpu: {gpu_name}; weights {facts.source}, imgsz {facts.imgsz}, {len(facts.names)} classes; "
           f"image {image_path.name} {w}x{h}", flush=True)
-    runs = 60 if args.quick else 300
-    interval = 1500 if args.quick else 4000
+    runs = 60 if args.quick else 200
+    interval = 1000 if args.quick else 2000
 
     print("(1) Ultralytics predict, FP16", flush=True)
     ul = ultralytics_predict(facts.source, image, facts.imgsz, runs)

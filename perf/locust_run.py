@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from yolo_triton.server import DEFAULT_REPO, LaunchError  # noqa: E402
 from yolo_triton.validation import InputError  # noqa: E402
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+STOP_TIMEOUT_S = 60  # users finish their request in flight at the end, so none is cut off mid-way
 STAGE_COLUMNS = ["stage", "model", "requests", "batch", "queue_ms", "compute_input_ms", "compute_infer_ms",
                  "compute_output_ms", "total_ms", "share_of_client_pct"]
 
@@ -180,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in samples:
                     client.detect(s.image)
                 before = client.model_stats()
-                cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-                       "-u", str(users), "-r", f"{spawn:g}", "-t", f"{duration}s", "--stop-timeout", "60",
+                cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
+                       "-r", f"{spawn:g}", "-t", f"{duration}s", "--stop-timeout", str(STOP_TIMEOUT_S),
                        "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "locust.html"),
                        "--triton-url", url, "--triton-model", args.model, "--think-time", f"{args.think_time:g}",
                        "--exit-code-on-error", "0"]
@@ -189,16 +191,19 @@ def main(argv: list[str] | None = None) -> int:
                     cmd += ["--triton-images", ",".join(args.images)]
                 print(f"locust: {users} users (spawn {spawn:g}/s) for {duration}s against {args.model} on {url}",
                       flush=True)
-                rc = _tee(cmd, out / "locust.log")
+                rc = _tee(cmd, out / "locust.log", duration + STOP_TIMEOUT_S + 120)
                 after = client.model_stats()
     except (LaunchError, pt.PerfToolError, ServerError, InputError) as e:
         print(f"locust: {e}", file=sys.stderr)
         return 2
 
     agg = aggregated(out / "locust_stats.csv")
-    if rc != 0 or not agg:
+    if not agg:
         print(f"locust: Locust exited {rc} without a report (log: {out / 'locust.log'})", file=sys.stderr)
         return 1
+    if rc != 0:
+        print(f"locust: warning: Locust exited {rc} after writing its report (log: {out / 'locust.log'})",
+              flush=True)
     reqs, fails = int(agg["Request Count"]), int(agg["Failure Count"])
     stages = stage_rows(before, after, args.model, variant, float(agg["Average Response Time"]))
     pt.write_csv(out / "stages.csv", stages, STAGE_COLUMNS)
@@ -224,18 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _tee(cmd: list[str], log: Path) -> int:
-    """Run Locust, showing its periodic stats as they come and keeping them in a log."""
+def _tee(cmd: list[str], log: Path, limit_s: float) -> int:
+    """Run Locust, showing its periodic stats as they come and keeping them in a log.
+
+    A watchdog ends a Locust that outlives its run by far (a process stuck on exit after its
+    reports are written is not a failed test; one stuck before is)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.monotonic()
     with log.open("w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                               env=env, cwd=ROOT) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            f.write(line)
-        rc = proc.wait()
+        watchdog = threading.Timer(limit_s, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                f.write(line)
+            rc = proc.wait()
+        finally:
+            watchdog.cancel()
+    if rc < 0 and time.monotonic() - start >= limit_s:
+        print(f"locust: Locust still running {limit_s:.0f}s after start: stopped it", flush=True)
     print(f"locust: Locust finished in {time.monotonic() - start:.0f}s (exit {rc})", flush=True)
     return rc
 

@@ -31,8 +31,24 @@ sys.path.insert(0, str(ROOT))
 
 from yolo_triton import perf_tools, spec  # noqa: E402
 from yolo_triton.client import OUTPUTS, build_inputs, parse_outputs  # noqa: E402
+from yolo_triton.validation import InputError  # noqa: E402
 
 _SAMPLES: list[perf_tools.Sample] = []
+
+
+class _Client(grpcclient.InferenceServerClient):
+    """tritonclient's gRPC client whose close() runs once: its __del__ closes again, and a second
+    channel close during the interpreter's final garbage collection deadlocks under gevent."""
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+
+_CLIENTS: set[_Client] = set()
 
 
 @events.init_command_line_parser.add_listener
@@ -51,7 +67,19 @@ def _load_images(environment: Environment, **_kw: object) -> None:
     """Decode the photos once per process, not per user."""
     opts = environment.parsed_options
     sources = [s for s in (opts.triton_images.split(",") if opts and opts.triton_images else []) if s]
-    _SAMPLES[:] = perf_tools.sample_images(sources)
+    try:
+        _SAMPLES[:] = perf_tools.sample_images(sources)
+    except (perf_tools.PerfToolError, InputError) as e:
+        sys.exit(f"locustfile: {e}")  # SystemExit passes through Locust's event hooks and ends the run
+
+
+@events.quitting.add_listener
+def _close_clients(**_kw: object) -> None:
+    """Close every channel while gevent's loop still runs: a channel left for the interpreter's
+    final garbage collection can deadlock inside gRPC and keep the process from exiting (users
+    killed at the end of the run never reach on_stop)."""
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 class TritonGrpcUser(User):
@@ -64,12 +92,14 @@ class TritonGrpcUser(User):
         opts = self.environment.parsed_options
         self.model = opts.triton_model
         self.timeout = opts.request_timeout
-        self.client = grpcclient.InferenceServerClient(opts.triton_url)
+        self.client = _Client(opts.triton_url)
+        _CLIENTS.add(self.client)
         # per-user request tensors, built once: a load test measures the server, not numpy copies
         self.requests = [(s.name, build_inputs(s.image[None])) for s in _SAMPLES]
         self.turn = id(self) % len(self.requests)  # users start on different photos
 
     def on_stop(self) -> None:
+        _CLIENTS.discard(self.client)
         self.client.close()
 
     @task

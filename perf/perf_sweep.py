@@ -177,6 +177,7 @@ class Runner:
         self.binary = pt.perf_analyzer_path()
         self.env = pt.perf_analyzer_env()
         self.stats_client = DetectorClient(url, timeout_s=30)
+        self.commands: list[str] = []  # every perf_analyzer run, failed ones included
 
     def close(self) -> None:
         self.stats_client.close()
@@ -188,6 +189,7 @@ class Runner:
         cmd = command(self.binary, self.url, level.model, level.mode, level.load, self.data, csv_name, self.s,
                       request_count)
         level.commands.append(" ".join(cmd))
+        self.commands.append(level.commands[-1])
         before = stats.snapshot(self.stats_client.model_stats())
         try:
             out = subprocess.run(cmd, cwd=self.raw, env=self.env, capture_output=True, text=True,
@@ -327,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     concurrency = args.concurrency or ([1, 2] if args.quick else [1, 2, 4, 8])
+    if any(c != int(c) for c in concurrency):
+        ap.error(f"--concurrency levels are whole numbers of requests in flight, got {concurrency}")
+    concurrency = [int(c) for c in concurrency]
     fractions = args.rate_fractions or ([0.5] if args.quick else [0.25, 0.5, 0.75, 1.0])
     request_count = args.request_count or (8 if args.quick else 0)
     settings = Settings(request_count, args.window_requests, args.stability, args.max_trials, args.distribution,
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     for r in rates:
                         _run(runner, model, "request_rate", r, levels, failures)
             finally:
+                commands = runner.commands
                 runner.close()
     except (LaunchError, pt.PerfToolError, ServerError, InputError) as e:
         print(f"perf: {e}", file=sys.stderr)
@@ -398,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                      "window_requests": args.window_requests, "stability_pct": args.stability,
                      "max_trials": args.max_trials, "distribution": args.distribution, "quick": args.quick,
                      "rate_sweep": not args.no_request_rate},
-        "perf_analyzer_commands": [c for lv in levels for c in lv.commands],
+        "perf_analyzer_commands": commands,
         "failures": failures,
     }
     (out / "summary.md").write_text(summary(levels, meta))
@@ -411,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(runner: Runner, model: str, mode: str, load: float, levels: list[Level], failures: list[str]) -> float:
-    label = f"concurrency {load:g}" if mode == "concurrency" else f"request rate {load:g}/s"
+    label = Level(model, mode, load).label
     print(f"perf: {model} {label} ...", flush=True)
     try:
         level = runner.measure(model, mode, load)

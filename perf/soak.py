@@ -286,7 +286,8 @@ def summary_markdown(s: dict) -> str:
         f"- target: `{s['model']}` at {s['url']}; {s['duration_s']} s; the CPU may be shared with other work",
         f"- saturated rate R: {sat['rate']:.2f} req/s ({sat['concurrency']} clients, {sat['seconds']:.0f} s)",
         f"- offered: {s['users']} Locust users x {s['rate_per_user']:.3f} req/s = {s['offered_rate']:.2f} req/s "
-        f"({s['offered_rate'] / sat['rate'] if sat['rate'] else 0:.1f} x R)",
+        f"({s['offered_rate'] / sat['rate'] if sat['rate'] else 0:.1f} x R, "
+        f"{s['offered_over_achieved']:.1f} x the throughput achieved under it)",
         f"- requests: {loc['requests']}, failures: {loc['failures']} "
         f"({', '.join(f'{k} {v}' for k, v in s['failures_by_type'].items()) or 'none'}), "
         f"unexpected: {s['unexpected_errors']}, throughput {loc['rps']:.2f} req/s",
@@ -294,7 +295,8 @@ def summary_markdown(s: dict) -> str:
     ]
     if mem:
         lines.append(
-            f"- server memory (PSS, tritonserver + stubs, {mem['samples']} samples): start {mem['start_mb']:.0f} MB, "
+            f"- server memory (PSS, tritonserver + stubs, {mem['samples']} samples): idle {mem['idle_mb']:.0f} MB, "
+            f"start of the load {mem['start_mb']:.0f} MB, "
             f"after warm-up {mem['after_warmup_mb']:.0f} MB, end {mem['end_mb']:.0f} MB, peak {mem['peak_mb']:.0f} MB, "
             f"growth after warm-up {mem['growth_mb']:+.0f} MB (limit {s['max_growth_mb']:.0f} MB); "
             f"RSS start {mem['start_rss_mb']:.0f} MB, end {mem['end_rss_mb']:.0f} MB")
@@ -349,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             num_classes = len(client.names)
             for im in images:  # warm every photo size once
                 client.infer(im[None])
+        idle_mb = MemorySampler(pid, args.sample_s).sample()[1] if pid else None
         print(f"soak: measuring the saturated rate ({args.concurrency} clients, {args.saturation_s:g} s)", flush=True)
         sat = measure_saturation(url, args.model, images, args.concurrency, args.saturation_s)
         print(f"soak: saturated rate R = {sat.rate:.2f} req/s ({sat.requests} requests, {sat.errors} errors)",
@@ -394,10 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         with (out / "memory.csv").open("w") as f:
             f.write("t_s,pss_mb,rss_mb,processes\n")
             f.writelines(f"{t:.1f},{p:.1f},{r:.1f},{n}\n" for t, p, r, n in sampler.samples)
+    if memory is not None:
+        memory["idle_mb"] = idle_mb
+    rps = float(agg.get("Requests/s", 0) or 0)
     s = {
         "model": args.model, "url": url, "duration_s": args.duration, "users": users,
         "rate_per_user": rate_per_user, "offered_rate": rate_per_user * users, "saturation": asdict(sat),
-        "locust": {"requests": reqs, "failures": fails, "rps": float(agg.get("Requests/s", 0) or 0),
+        "offered_over_achieved": rate_per_user * users / rps if rps else 0.0,
+        "locust": {"requests": reqs, "failures": fails, "rps": rps,
                    "p50_ms": float(agg.get("50%", 0) or 0), "p95_ms": float(agg.get("95%", 0) or 0),
                    "max_ms": float(agg.get("Max Response Time", 0) or 0)},
         "failures_by_type": dict(kinds), "unexpected_errors": unexpected, "memory": memory,

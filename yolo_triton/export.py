@@ -58,11 +58,14 @@ def facts_of(model, weights: str, imgsz: int | None) -> ModelFacts:  # noqa: ANN
 
 def export_onnx(model, facts: ModelFacts, dest: Path) -> Path:  # noqa: ANN001
     """ONNX with a dynamic batch axis, written to `dest`."""
+    ckpt = getattr(model, "ckpt_path", None)
+    ckpt = Path(ckpt).resolve() if ckpt else None  # before the chdir below: it may be relative
+    dest = dest.resolve()
     with tempfile.TemporaryDirectory() as tmp, _chdir(Path(tmp)):
         # Export writes next to the checkpoint (or into cwd for a .yaml); work on a copy elsewhere.
-        if getattr(model, "ckpt_path", None):
+        if ckpt:
             local = Path(tmp) / "model.pt"
-            shutil.copy(model.ckpt_path, local)
+            shutil.copy(ckpt, local)
             from ultralytics import YOLO
 
             model = YOLO(str(local))

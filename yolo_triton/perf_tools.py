@@ -295,14 +295,17 @@ def server_info(target: Target) -> dict:
     url = target.url
     client = grpcclient.InferenceServerClient(url)
     try:
-        meta = client.get_server_metadata(as_json=True)
+        try:
+            meta = client.get_server_metadata(as_json=True, client_timeout=30)
+        except Exception as e:  # noqa: BLE001 - tritonclient raises its own type; the message is what matters
+            raise PerfToolError(f"cannot reach tritonserver at {url}: {str(e).splitlines()[0][:200]}") from None
         variants = loaded_variants(url)
         skipped = {v.ensemble: target.skipped.get(v.ensemble, "not loaded on that server")
                    for v in spec.VARIANTS if v.ensemble not in variants}
         info: dict = {"url": url, "tritonserver": meta.get("version", "unknown"), "variants": variants,
                       "skipped": skipped}
         with contextlib.suppress(Exception):
-            cfg = client.get_model_config(spec.ALIAS, as_json=True)["config"]
+            cfg = client.get_model_config(spec.ALIAS, as_json=True, client_timeout=30)["config"]
             info["alias"] = f"{spec.ALIAS}_" + cfg["parameters"]["variant"]["string_value"]
         return info
     finally:
@@ -315,7 +318,7 @@ def loaded_variants(url: str) -> list[str]:
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+        index = client.get_model_repository_index(as_json=True, client_timeout=30).get("models", [])
     except Exception as e:  # noqa: BLE001 - tritonclient raises its own type; the message is what matters
         raise PerfToolError(f"cannot reach tritonserver at {url}: {str(e).splitlines()[0][:200]}") from None
     finally:

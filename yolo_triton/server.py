@@ -44,7 +44,7 @@ DRAIN_TIMEOUT_S = 30.0  # the launcher's drain (Server.drain) before it sends SI
 # Triton's own wait at SIGTERM. The launcher has drained by then, so this only bounds the unloads,
 # and the one that never ends: a model version whose stub died and was sent requests.
 EXIT_TIMEOUT_S = 10
-CUDA_POOL_BYTES = 2 << 30  # Triton's CUDA memory pool on GPU 0 when a GPU variant is loaded
+CUDA_POOL_BYTES = 4 << 30  # Triton's CUDA memory pool on GPU 0 when a GPU variant is loaded
 
 
 class LaunchError(RuntimeError):

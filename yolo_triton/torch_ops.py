@@ -100,8 +100,33 @@ class BatchDetections:
         return out
 
 
+def _multi_label_candidates(
+    raw: torch.Tensor, conf: float | torch.Tensor, multi_label: Sequence[bool]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image, anchor, class, score) of every candidate when some image asks for multi-label.
+
+    Multi-label images keep every (anchor, class) pair above the threshold, the others their best
+    class only; pairs come anchor-major within an image, like `nms._candidates`.
+    """
+    n, rows, anchors = raw.shape
+    s3 = raw[:, 4:, :].transpose(1, 2)  # (n, anchors, nc) view
+    thr = conf if isinstance(conf, float) else conf[:, :, None]
+    mask = s3 > thr
+    if not all(multi_label):
+        best = torch.zeros_like(mask).scatter_(2, s3.argmax(2, keepdim=True), True)
+        flags = torch.tensor(list(multi_label), device=raw.device)[:, None, None]
+        mask = torch.where(flags, mask, mask & best)
+    if anchors * (rows - 4) > MAX_NMS:  # each image's MAX_NMS best pairs at most
+        flat = s3.masked_fill(~mask, float("-inf")).reshape(n, -1)
+        capped = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(MAX_NMS, dim=1).indices, True)
+        mask &= capped.view_as(mask)
+    img, anchor, cls = mask.nonzero(as_tuple=True)
+    return img, anchor, cls, s3[img, anchor, cls]
+
+
 def decode_batch(
-    raw: torch.Tensor, conf: Sequence[float], iou: Sequence[float], max_det: Sequence[int]
+    raw: torch.Tensor, conf: Sequence[float], iou: Sequence[float], max_det: Sequence[int],
+    multi_label: Sequence[bool] | None = None,
 ) -> BatchDetections:
     """`nms.decode` for every image of a (n, 4 + nc, anchors) batch with one NMS launch per IoU value.
 
@@ -116,23 +141,25 @@ def decode_batch(
     n, rows, anchors = raw.shape
     nc = rows - 4
     device = raw.device
-    scores, classes = raw[:, 4:, :].max(1)  # (n, anchors): best class per anchor
-    if len(set(conf)) == 1:
-        mask = scores > float(conf[0])  # strict '>' as Ultralytics
+    # strict '>' as Ultralytics
+    thr = float(conf[0]) if len(set(conf)) == 1 else torch.tensor(list(conf), dtype=torch.float32).to(device)[:, None]
+    if multi_label is not None and any(multi_label):
+        img, anchor, cand_classes, cand_scores = _multi_label_candidates(raw, thr, multi_label)  # sync 1
     else:
-        mask = scores > torch.tensor(list(conf), dtype=torch.float32).to(device)[:, None]
-    if anchors > MAX_NMS:  # keep only each image's MAX_NMS best candidates
-        top = scores.masked_fill(~mask, float("-inf")).topk(MAX_NMS, dim=1).indices
-        capped = torch.zeros_like(mask)
-        capped.scatter_(1, top, True)
-        mask &= capped
-    img, anchor = mask.nonzero(as_tuple=True)  # sync 1; anchor order within an image, as NumPy
+        scores, classes = raw[:, 4:, :].max(1)  # (n, anchors): best class per anchor
+        mask = scores > thr
+        if anchors > MAX_NMS:  # keep only each image's MAX_NMS best candidates
+            top = scores.masked_fill(~mask, float("-inf")).topk(MAX_NMS, dim=1).indices
+            capped = torch.zeros_like(mask)
+            capped.scatter_(1, top, True)
+            mask &= capped
+        img, anchor = mask.nonzero(as_tuple=True)  # sync 1; anchor order within an image, as NumPy
+        cand_scores, cand_classes = scores[img, anchor], classes[img, anchor]
     if img.numel() == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         return BatchDetections(torch.zeros((0, 4), device=device), torch.zeros(0, device=device), empty, empty)
     boxes = xywh2xyxy(raw[img, :4, anchor].float())
-    cand_scores = scores[img, anchor].float()
-    cand_classes = classes[img, anchor]
+    cand_scores = cand_scores.float()
     offset_boxes = boxes + (cand_classes[:, None] * MAX_WH).float()  # float32, like nms.decode
     if n > 1:  # images apart: offsets past any class offset; float64 keeps the float32 sums exact
         image_gap = float((nc + 2) * MAX_WH + 4096)
@@ -169,11 +196,12 @@ def decode_batch(
 
 
 def postprocess_batch(
-    raw: torch.Tensor, letterbox_rows: np.ndarray, limits: list[tuple[float, float, int]]
+    raw: torch.Tensor, letterbox_rows: np.ndarray, limits: list[tuple[float, float, int]],
+    multi_label: Sequence[bool] | None = None,
 ) -> list[Detections]:
     """`postprocess.postprocess_one` for a batch: decode + NMS on raw's device, unletterbox on host."""
     conf, iou, max_det = zip(*limits)
-    dets = decode_batch(raw, conf, iou, max_det).to_numpy(raw.shape[0])
+    dets = decode_batch(raw, conf, iou, max_det, multi_label).to_numpy(raw.shape[0])
     return [
         Detections(geometry.unletterbox(d.boxes, letterbox_rows[i]), d.scores, d.classes) if len(d.scores) else d
         for i, d in enumerate(dets)

@@ -88,6 +88,7 @@ class StubWatchdog:
         self._thread: threading.Thread | None = None
 
     def start(self) -> StubWatchdog:
+        self.scan()  # learn every stub now: one killed before the first poll is still known
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
         self._thread.start()
         return self
@@ -112,28 +113,45 @@ class StubWatchdog:
         finally:
             client.close()
 
-    def dead_stubs(self) -> dict[int, str]:
-        """Stubs that have been zombies on two polls in a row: pid -> model."""
-        zombies = set()
+    def scan(self) -> tuple[set[int], set[str]]:
+        """Zombie stubs (pids), and the models whose stub is alive; learns the live stubs."""
+        zombies, live = set(), set()
         for child in self.server.children():
             try:
-                status = child.status()
+                status, name = child.status(), child.name()
             except psutil.NoSuchProcess:
                 continue
             if status == psutil.STATUS_ZOMBIE:
-                zombies.add(child.pid)
-            elif child.pid not in self._stubs and (stub := _stub(child)):
+                if child.pid in self._stubs or STUB_NAME.startswith(name):  # a zombie's name is cut to 15
+                    zombies.add(child.pid)
+            elif stub := self._stubs.get(child.pid) or _stub(child):
                 self._stubs[child.pid] = stub
+                live.add(stub.model)
+        return zombies, live
+
+    def dead_stubs(self) -> list[tuple[int, str]]:
+        """(pid, model) of the stubs that have been zombies on two polls in a row."""
+        zombies, live = self.scan()
         now = time.monotonic()
-        zombies = {p for p in zombies
-                   if p in self._stubs and p not in self._handled and now >= self._retry_at.get(p, 0.0)}
+        zombies = {p for p in zombies if p not in self._handled and now >= self._retry_at.get(p, 0.0)}
         confirmed, self._suspects = zombies & self._suspects, zombies - self._suspects
-        return {pid: self._stubs[pid].model for pid in confirmed}
+        dead = []
+        for pid in sorted(confirmed):
+            if pid in self._stubs:
+                dead.append((pid, self._stubs[pid].model))
+                continue
+            # Killed before a poll saw it alive (a zombie's arguments cannot be read): it served
+            # whichever model no longer has a live stub.
+            missing = sorted({s.model for s in self._stubs.values()} - live)
+            dead += [(pid, m) for m in missing]
+            if not missing:
+                self._handled.add(pid)
+        return dead
 
     def check(self, client) -> list[str]:  # noqa: ANN001 - tritonclient.grpc.InferenceServerClient
         """One poll; reloads (and returns) the models whose stub died."""
         reloaded = []
-        for pid, model in self.dead_stubs().items():
+        for pid, model in self.dead_stubs():
             start = time.monotonic()
             try:
                 if not client.is_model_ready(model, client_timeout=10):
@@ -151,7 +169,8 @@ class StubWatchdog:
                 self._retry_at[pid] = time.monotonic() + RETRY_S
                 continue
             self._handled.add(pid)
-            self._unlink_region(self._stubs[pid])
+            if pid in self._stubs:
+                self._unlink_region(self._stubs[pid])
             took = time.monotonic() - start
             self.recoveries.append(Recovery(model, pid, True, took))
             self.log(f"'{model}' reloaded in {took:.1f} s")

@@ -23,12 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root
 from yolo_triton import spec, torch_ops  # noqa: E402
 from yolo_triton.postprocess import pad_batch  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, check_thresholds  # noqa: E402
+from yolo_triton.validation import InputError, check_flags, check_thresholds  # noqa: E402
 
 
 def _host(t) -> np.ndarray:  # noqa: ANN001 - pb_utils.Tensor
-    """A small tensor as NumPy wherever Triton placed it (it may be on the GPU)."""
-    return t.as_numpy() if t.is_cpu() else from_dlpack(t.to_dlpack()).cpu().numpy()
+    """A small tensor as NumPy wherever Triton placed it (it may be on the GPU).
+
+    Tensors cross the python-backend boundary by DLPack only, in both directions: the stub's
+    NumPy path (`as_numpy`, `pb_utils.Tensor(name, ndarray)`) is compiled against NumPy 1 and
+    reads wrong strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub).
+    """
+    return from_dlpack(t.to_dlpack()).cpu().numpy()
+
+
+def _output(name: str, array: np.ndarray):  # noqa: ANN202 - pb_utils.Tensor
+    """By DLPack. An empty array is re-made in torch: NumPy gives zero-size arrays all-zero strides,
+    which the stub's C-order check rejects."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return pb_utils.Tensor.from_dlpack(name, t if array.size else torch.empty(array.shape, dtype=t.dtype))
 
 
 def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001
@@ -49,7 +61,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        raws, lbs, limits, owners = [], [], [], []
+        raws, lbs, limits, multi, owners = [], [], [], [], []
         for i, request in enumerate(requests):
             try:
                 raw_t = pb_utils.get_input_tensor_by_name(request, spec.RAW.name)
@@ -60,23 +72,26 @@ class TritonPythonModel:
                     _optional(request, spec.IOU_THRESHOLD.name),
                     _optional(request, spec.MAX_DETECTIONS.name),
                 )
+                flags = check_flags(spec.MULTI_LABEL.name, _optional(request, spec.MULTI_LABEL.name), n)
             except InputError as e:
                 responses[i] = error_response(pb_utils, e)
                 continue
             raw = from_dlpack(raw_t.to_dlpack())
             raws.append(raw if raw.is_cuda else raw.to(self.device))
-            lbs.append(_host(pb_utils.get_input_tensor_by_name(request, spec.LETTERBOX.name)))
+            lbs.append(from_dlpack(pb_utils.get_input_tensor_by_name(request, spec.LETTERBOX.name).to_dlpack()))
             limits += lim
+            multi += flags
             owners.append((i, n))
         if raws:
             with torch.inference_mode():
                 raw = raws[0] if len(raws) == 1 else torch.cat(raws)
-                dets = torch_ops.postprocess_batch(raw, np.concatenate(lbs), limits)
+                lb = lbs[0] if len(lbs) == 1 else torch.cat([t.to(self.device) for t in lbs])
+                dets = torch_ops.postprocess_batch(raw, lb.cpu().numpy(), limits, multi)  # LETTERBOX: 24 bytes an image
             start = 0
             for i, n in owners:
                 out = pad_batch(dets[start : start + n])
                 responses[i] = pb_utils.InferenceResponse(
-                    [pb_utils.Tensor(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
+                    [_output(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
                 )
                 start += n
         return responses

@@ -5,8 +5,7 @@ out) but the pixels never touch NumPy: an image arriving in host memory is uploa
 arriving in GPU memory (CUDA shared memory, or an upstream GPU step) is used in place, and the
 letterbox runs in torch (`torch_ops.letterbox_batch`) for all images of one size at once, across
 the requests the dynamic batcher grouped. The letterbox geometry is `geometry.plan`, computed on
-the host from the shape alone. `images` goes to the detector as a GPU tensor by DLPack;
-LETTERBOX, six floats per image, stays on the host where postprocess uses it.
+the host from the shape alone. Both outputs leave as GPU tensors by DLPack.
 """
 
 from __future__ import annotations
@@ -55,6 +54,8 @@ class TritonPythonModel:
                     groups.setdefault((x.shape[1], x.shape[2]), []).append((i, x))
                 except InputError as e:
                     responses[i] = error_response(pb_utils, e)
+            outputs: dict[int, torch.Tensor] = {}
+            rows: dict[int, np.ndarray] = {}
             for (h, w), items in groups.items():
                 images = items[0][1] if len(items) == 1 else torch.cat([x for _, x in items])
                 pixels = torch_ops.letterbox_batch(images, self.size)
@@ -62,9 +63,20 @@ class TritonPythonModel:
                 start = 0
                 for i, x in items:
                     n = x.shape[0]
+                    outputs[i] = pixels[start : start + n]
+                    rows[i] = np.repeat(lb[None], n, axis=0)
+                    start += n
+            if rows:
+                # LETTERBOX leaves by DLPack too (never the stub's NumPy path: see postprocess_gpu),
+                # on the GPU like `images`, in one small upload for the whole batch.
+                order = sorted(rows)
+                lbs = torch.from_numpy(np.concatenate([rows[i] for i in order])).to(self.device)
+                start = 0
+                for i in order:
+                    n = rows[i].shape[0]
                     responses[i] = pb_utils.InferenceResponse([
-                        pb_utils.Tensor.from_dlpack(spec.PIXELS.name, pixels[start : start + n]),
-                        pb_utils.Tensor(spec.LETTERBOX.name, np.repeat(lb[None], n, axis=0)),
+                        pb_utils.Tensor.from_dlpack(spec.PIXELS.name, outputs[i]),
+                        pb_utils.Tensor.from_dlpack(spec.LETTERBOX.name, lbs[start : start + n]),
                     ])
                     start += n
             torch.cuda.current_stream(self.device).synchronize()  # outputs complete before Triton reads them
