@@ -19,6 +19,9 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     so.intra_op_num_threads = threads or int(os.environ.get("YOLO_ORT_THREADS", "0")) or (os.cpu_count() or 1)
     so.inter_op_num_threads = 1
     so.enable_cpu_mem_arena = True
-    so.enable_mem_pattern = True
+    # Memory patterns are planned per input shape: with the dynamic batcher's ever-changing batch
+    # sizes the arena kept growing in steps for minutes under load (a soak's "flat memory" failed);
+    # without them the detector's memory stays flat, at the same speed (measured, batches 1-16).
+    so.enable_mem_pattern = False
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
