@@ -302,6 +302,9 @@ def summary_markdown(s: dict) -> str:
             f"RSS start {mem['start_rss_mb']:.0f} MB, end {mem['end_rss_mb']:.0f} MB")
     else:
         lines.append("- server memory: not sampled (pass --server-pid with --url)")
+    if 0 < s["offered_over_achieved"] < 1.5:
+        lines.append(f"- note: the offered load was only {s['offered_over_achieved']:.1f} x the throughput achieved: "
+                     "the CPU had more to give than during the saturation measurement (shared machine?)")
     lines += ["", f"verdict: {'PASS' if s['passed'] else 'FAIL: ' + '; '.join(s['problems'])}", ""]
     return "\n".join(lines)
 

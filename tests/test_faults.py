@@ -118,6 +118,20 @@ def _launcher(repo: Path, ports: Ports, log: Path) -> subprocess.Popen:
         stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
+def _stop_launcher(proc: subprocess.Popen) -> None:
+    """After a failure: stop its tritonserver too (killing only the launcher would orphan it)."""
+    if proc.poll() is not None:
+        return
+    servers = psutil.Process(proc.pid).children()
+    for s in servers:
+        s.terminate()
+    _, alive = psutil.wait_procs(servers, timeout=60)
+    for s in alive:
+        s.kill()
+    proc.kill()
+    proc.wait()
+
+
 def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while "ready on grpc" not in log.read_text():
@@ -169,9 +183,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(repo, tmp_path):
         rc = proc.wait(120)
         took = time.monotonic() - signalled
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_launcher(proc)
     errors = [r for r in done if isinstance(r, ServerError)]
     assert not errors and len(done) == len(threads), errors
     for dets in done:

@@ -6,6 +6,10 @@ A `tritonserver` on PATH (NVIDIA's container) is used first; otherwise the one b
 `nvidia-pytriton` wheel, whose python backend is assembled under .venv/ with the stub that
 matches this interpreter. Only variants whose backend, device and artefact are present are
 loaded; the rest are named with the reason. `yolov8n` is pointed at the best loadable variant.
+
+While it runs, a watchdog reloads any python model whose stub process died (yolo_triton.watchdog);
+on SIGTERM/SIGINT (and Server.stop) in-flight requests are drained before tritonserver is stopped
+(Server.drain). Bound beyond localhost, the admin APIs need TRITON_API_KEY (docs/security.md).
 """
 
 from __future__ import annotations
