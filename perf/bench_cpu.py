@@ -8,6 +8,8 @@ Measures, in one run on this machine and on the same image:
   (b) the served ensemble end to end at concurrency 1 (gRPC client latency);
   (c) the served ensemble at saturation (many requests in flight, several images per request);
   (d) Ultralytics' own predict pipeline with the same ONNX model.
+Served figures are taken twice: with the pixels in system shared memory (a client on the
+server's host; the ratios use these) and inside the gRPC message (a remote client).
 Ends with `latency_ratio=<served c1 / raw>` and `throughput_ratio=<served / raw>`.
 """
 
@@ -24,7 +26,7 @@ import cv2
 import numpy as np
 
 from yolo_triton import geometry, repository, spec
-from yolo_triton.client import OUTPUTS, DetectorClient, build_inputs
+from yolo_triton.client import OUTPUTS, DetectorClient, _ShmRegion, build_inputs
 from yolo_triton.ort_session import make_session
 from yolo_triton.server import Server
 
@@ -58,15 +60,21 @@ def raw_model(onnx: Path, image: np.ndarray, size: int, seconds: float) -> tuple
     return lat, rates
 
 
-def served_latency(url: str, image: np.ndarray, seconds: float) -> float:
-    with DetectorClient(url, timeout_s=60) as c:
+def served_latency(url: str, image: np.ndarray, seconds: float, shared_memory: bool) -> float:
+    with DetectorClient(url, timeout_s=60, shared_memory=shared_memory) as c:
         return _median_ms(lambda: c.detect(image), seconds)
 
 
-def served_throughput(url: str, image: np.ndarray, per_request: int, in_flight: int, seconds: float) -> float:
-    """Images/s with `in_flight` async requests of `per_request` images kept outstanding."""
+def served_throughput(
+    url: str, image: np.ndarray, per_request: int, in_flight: int, seconds: float, shared_memory: bool
+) -> float:
+    """Images/s with `in_flight` async requests of `per_request` images kept outstanding.
+
+    With shared memory every request reads the same registered region (the same images)."""
     with DetectorClient(url, timeout_s=120) as c:
-        inputs = build_inputs(np.repeat(image[None], per_request, axis=0))
+        batch = np.repeat(image[None], per_request, axis=0)
+        region = _ShmRegion.create(c.client, batch.nbytes) if shared_memory else None
+        inputs = build_inputs(batch, image_input=region.input(batch) if region else None)
         done = threading.Semaphore(0)
         errors: list[Exception] = []
         stop_at = [0.0]
@@ -101,6 +109,8 @@ def served_throughput(url: str, image: np.ndarray, per_request: int, in_flight: 
         elapsed = time.perf_counter() - start
         for _ in range(in_flight - 1):
             done.acquire()
+        if region:
+            region.release(c.client)
         if errors:
             raise RuntimeError(f"{len(errors)} failed requests: {errors[0]}")
         return count[0] / elapsed
@@ -155,17 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     ul_lat, ul_rate = ultralytics_predict(onnx, image, facts.imgsz, args.seconds)
 
     with Server(repo, log=ROOT / "runs" / "bench-cpu" / "tritonserver.log", only=["ort"]) as server:
-        print(f"(b) served ensemble ({server.plan.alias.ensemble}), concurrency 1", flush=True)
-        served_lat = served_latency(server.url, image, args.seconds)
-        print(f"(c) served ensemble at saturation ({args.in_flight} requests x {args.per_request} images in flight)",
+        print(f"(b) served ensemble ({server.plan.alias.ensemble}), concurrency 1, pixels in the gRPC message",
               flush=True)
-        served_rate = served_throughput(server.url, image, args.per_request, args.in_flight, args.seconds)
+        grpc_lat = served_latency(server.url, image, args.seconds, shared_memory=False)
+        print("(b) served ensemble, concurrency 1, pixels in system shared memory", flush=True)
+        served_lat = served_latency(server.url, image, args.seconds, shared_memory=True)
+        print(f"(c) served ensemble at saturation ({args.in_flight} requests x {args.per_request} images in flight, "
+              "shared memory)", flush=True)
+        served_rate = served_throughput(server.url, image, args.per_request, args.in_flight, args.seconds, True)
+        grpc_rate = served_throughput(server.url, image, args.per_request, args.in_flight, args.seconds, False)
 
     print()
     print(f"{'':<44}{'latency ms':>12}{'img/s':>10}")
     label = f"(a) raw ONNX Runtime (batch 1 / best batch {best_b})"
     print(f"{label:<44}{raw_lat:>12.2f}{raw_rates[best_b]:>10.1f}")
-    print(f"{'(b,c) served ensemble (c1 / saturated)':<44}{served_lat:>12.2f}{served_rate:>10.1f}")
+    print(f"{'(b,c) served, shared memory (c1 / saturated)':<44}{served_lat:>12.2f}{served_rate:>10.1f}")
+    print(f"{'(b,c) served, pixels over gRPC (c1 / saturated)':<44}{grpc_lat:>12.2f}{grpc_rate:>10.1f}")
     print(f"{'(d) Ultralytics predict (1 image / batch 8)':<44}{ul_lat:>12.2f}{ul_rate:>10.1f}")
     print()
     print(f"served vs Ultralytics: latency {ul_lat / served_lat:.2f}x faster, throughput {served_rate / ul_rate:.2f}x")

@@ -103,3 +103,17 @@ def test_alias_serves_the_cpu_default(client):
     cfg = client.client.get_model_config(spec.ALIAS, as_json=True)["config"]
     assert cfg["parameters"]["variant"]["string_value"] == "ort"
     assert client.names == ("circle", "rectangle", "triangle")
+
+
+def test_shared_memory_input_gives_the_same_detections(server, client):
+    """Pixels handed over in a registered system shared-memory region instead of the gRPC message."""
+    images = list(sample_images().values())
+    with DetectorClient(server.url, timeout_s=60, shared_memory=True) as shm_client:
+        for image in images + images[:1]:  # regrows the region for larger images, then reuses it
+            got = shm_client.detect(image).detections
+            want = client.detect(image).detections
+            assert_same_detections(got, want.boxes, want.scores, want.classes, iou_min=0.9999, score_tol=1e-6)
+        batch, _ = shm_client.infer(np.stack([images[0], images[0]]))
+        assert len(batch) == 2 and len(batch[0].scores) == len(batch[1].scores) > 0
+    status = client.client.get_system_shared_memory_status(as_json=True)
+    assert not status.get("regions"), "the client unregisters its region on close"

@@ -76,16 +76,19 @@ def build_inputs(
     iou: float | None = None,
     max_det: int | None = None,
     multi_label: bool | None = None,
+    image_input: grpcclient.InferInput | None = None,
 ) -> list[grpcclient.InferInput]:
-    """The request tensors for one batch of same-size images (B, H, W, 3)."""
+    """The request tensors for one batch of same-size images (B, H, W, 3).
+
+    `image_input` replaces the inline IMAGE tensor (e.g. one that points at shared memory)."""
     n = images.shape[0]
-    tensors = [(spec.IMAGE, images)]
+    tensors = [] if image_input is not None else [(spec.IMAGE, images)]
     options = ((spec.CONF_THRESHOLD, conf), (spec.IOU_THRESHOLD, iou), (spec.MAX_DETECTIONS, max_det),
                (spec.MULTI_LABEL, multi_label))
     for t, value in options:
         if value is not None:
             tensors.append((t, np.full((n, 1), value, dtype=t.np_dtype)))
-    inputs = []
+    inputs = [image_input] if image_input is not None else []
     for t, array in tensors:
         inp = grpcclient.InferInput(t.name, list(array.shape), t.wire_dtype)
         inp.set_data_from_numpy(np.ascontiguousarray(array))
@@ -100,6 +103,48 @@ def parse_outputs(result: grpcclient.InferResult) -> list[Detections]:
     return unpad(*(result.as_numpy(t.name) for t in spec.ENSEMBLE_OUTPUTS))
 
 
+def _shm_module():  # noqa: ANN202 - tritonclient.utils.shared_memory
+    """Imported on first use: it pulls in pkg_resources, which warns about its own deprecation."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import tritonclient.utils.shared_memory as shm
+    return shm
+
+
+class _ShmRegion:
+    """A system shared-memory region registered with the server, reused for every request."""
+
+    def __init__(self, name: str, handle: object, size: int) -> None:
+        self.name, self.handle, self.size = name, handle, size
+
+    @staticmethod
+    def create(client: grpcclient.InferenceServerClient, size: int) -> _ShmRegion:
+        import os
+
+        shm = _shm_module()
+        name = f"yolo_triton_{os.getpid()}_{id(client):x}_{size}"
+        handle = shm.create_shared_memory_region(name, f"/{name}", size)
+        client.register_system_shared_memory(name, f"/{name}", size)
+        return _ShmRegion(name, handle, size)
+
+    def input(self, images: np.ndarray) -> grpcclient.InferInput:
+        shm = _shm_module()
+        shm.set_shared_memory_region(self.handle, [np.ascontiguousarray(images)])
+        inp = grpcclient.InferInput(spec.IMAGE.name, list(images.shape), spec.IMAGE.wire_dtype)
+        inp.set_shared_memory(self.name, images.nbytes)
+        return inp
+
+    def release(self, client: grpcclient.InferenceServerClient) -> None:
+        import contextlib
+
+        shm = _shm_module()
+        with contextlib.suppress(Exception):  # the server may be gone already; the region is ours to free
+            client.unregister_system_shared_memory(self.name)
+        shm.destroy_shared_memory_region(self.handle)
+
+
 class DetectorClient:
     def __init__(
         self,
@@ -109,13 +154,22 @@ class DetectorClient:
         retries: int = 4,
         backoff_s: float = 0.25,
         max_backoff_s: float = 2.0,
+        shared_memory: bool = False,
     ) -> None:
+        """`shared_memory`: hand images over through a system shared-memory region instead of the
+        gRPC message (client and server on one host). A 1080x810 photo is 2.6 MB of pixels, and
+        moving it through gRPC costs more than pre- and postprocessing together (bench-cpu)."""
         self.url, self.model = url, model
+        self._shm: _ShmRegion | None = None
+        self.shared_memory = shared_memory
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self.client = grpcclient.InferenceServerClient(url, channel_args=_channel_args())
         self._names: tuple[str, ...] | None = None
 
     def close(self) -> None:
+        if self._shm is not None:
+            self._shm.release(self.client)
+            self._shm = None
         self.client.close()
 
     def __enter__(self) -> DetectorClient:
@@ -171,8 +225,15 @@ class DetectorClient:
         """One request for a batch of same-size images; detections per image and latency (ms)."""
         check_images(images)
         check_thresholds(images.shape[0], conf, iou, max_det)
-        inputs = build_inputs(images, conf, iou, max_det, multi_label)
         start = time.perf_counter()
+        image_input = None
+        if self.shared_memory:
+            if self._shm is None or self._shm.size < images.nbytes:
+                if self._shm is not None:
+                    self._shm.release(self.client)
+                self._shm = _ShmRegion.create(self.client, max(images.nbytes, 4 << 20))
+            image_input = self._shm.input(images)
+        inputs = build_inputs(images, conf, iou, max_det, multi_label, image_input)
         result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)
         return parse_outputs(result), (time.perf_counter() - start) * 1e3
 
