@@ -90,6 +90,33 @@ def train(args: argparse.Namespace) -> Path:
     return Path(model.trainer.best)
 
 
+def make_portable(checkpoint: Path, root: Path) -> None:
+    """Rewrite the training machine's absolute paths in the checkpoint's metadata as relative ones.
+
+    Ultralytics records where it ran (project, save_dir, git root); a shipped checkpoint should
+    not carry one machine's directory layout.
+    """
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    prefix = str(root.resolve())
+
+    def fix(value: object) -> object:
+        if isinstance(value, str) and value.startswith(prefix):
+            return value[len(prefix):].lstrip("/") or "."
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        return value
+
+    ckpt["train_args"] = fix(ckpt.get("train_args", {}))
+    ckpt.pop("git", None)
+    for key in ("model", "ema"):
+        model = ckpt.get(key)
+        if model is not None and isinstance(getattr(model, "args", None), dict):
+            model.args = fix(model.args)
+    torch.save(ckpt, checkpoint)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataset_args(parser)
@@ -107,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     best = train(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, args.out)
+    make_portable(args.out, Path(__file__).resolve().parents[1])
     print(f"checkpoint: {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)", flush=True)
 
     # Validate the copied file rather than trusting the trainer's numbers: this is what ships.
