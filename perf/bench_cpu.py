@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from yolo_triton import geometry, repository, spec
-from yolo_triton.client import OUTPUTS, DetectorClient, _ShmRegion, build_inputs
+from yolo_triton.client import OUTPUTS, DetectorClient, ShmRegion, build_inputs
 from yolo_triton.ort_session import make_session
 from yolo_triton.server import Server
 
@@ -73,7 +73,7 @@ def served_throughput(
     With shared memory every request reads the same registered region (the same images)."""
     with DetectorClient(url, timeout_s=120) as c:
         batch = np.repeat(image[None], per_request, axis=0)
-        region = _ShmRegion.create(c.client, batch.nbytes) if shared_memory else None
+        region = ShmRegion.create(c.client, batch.nbytes) if shared_memory else None
         inputs = build_inputs(batch, image_input=region.input(batch) if region else None)
         done = threading.Semaphore(0)
         errors: list[Exception] = []

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from yolo_triton import perf_tools as pt  # noqa: E402
 from yolo_triton import spec, stats  # noqa: E402
 from yolo_triton.client import DetectorClient, ServerError  # noqa: E402
-from yolo_triton.server import DEFAULT_REPO, LaunchError  # noqa: E402
+from yolo_triton.server import LaunchError  # noqa: E402
 from yolo_triton.validation import InputError  # noqa: E402
 
 WEIGHTS_CACHE = pt.RUNS / "weights"  # downloads land here (never in the source tree) and are reused
@@ -276,12 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int,
                     help="torch CPU threads (default: Ultralytics' own choice, cores - 1; more threads than free "
                          "cores make torch's spinning OpenMP threads much slower on a shared machine)")
-    ap.add_argument("--images", nargs="+", default=[], help="image files/folders (default: the samples)")
     ap.add_argument("--no-served", action="store_true", help="only the two Ultralytics models")
-    ap.add_argument("--url", help="HOST:PORT of a running server (gRPC); default: start one here")
-    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository (served model's source)")
-    ap.add_argument("--runs-dir", type=Path, default=pt.RUNS, help="results go to RUNS_DIR/compare/<timestamp>/")
-    ap.add_argument("--quick", action="store_true", help="3 photos, 2 repeats (tests, smoke checks)")
+    pt.add_target_args(ap, "compare", "3 photos, 2 repeats (tests, smoke checks)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)

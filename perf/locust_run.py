@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from yolo_triton import perf_tools as pt  # noqa: E402
 from yolo_triton import spec, stats  # noqa: E402
 from yolo_triton.client import DetectorClient, ServerError  # noqa: E402
-from yolo_triton.server import DEFAULT_REPO, LaunchError  # noqa: E402
+from yolo_triton.server import LaunchError  # noqa: E402
 from yolo_triton.validation import InputError  # noqa: E402
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -146,12 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=duration_arg, help="seconds or 90s/2m (default 60; --quick: 8)")
     ap.add_argument("--think-time", type=float, default=0.0, help="pause between a user's requests, seconds")
     ap.add_argument("--model", default=spec.ALIAS, help=f"ensemble to load (default {spec.ALIAS})")
-    ap.add_argument("--images", nargs="+", default=[], help="image files/folders (default: the samples)")
     ap.add_argument("--max-failure-ratio", type=float, default=0.0, help="exit 1 above this failure ratio")
-    ap.add_argument("--url", help="HOST:PORT of a running server (gRPC); default: start one here")
-    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository when starting a server")
-    ap.add_argument("--runs-dir", type=Path, default=pt.RUNS, help="results go to RUNS_DIR/locust/<timestamp>/")
-    ap.add_argument("--quick", action="store_true", help="2 users for 8 s (tests, smoke checks)")
+    pt.add_target_args(ap, "locust", "2 users for 8 s (tests, smoke checks)")
     args = ap.parse_args(argv)
     users = args.users or (2 if args.quick else 4)
     spawn = args.spawn_rate or 2.0

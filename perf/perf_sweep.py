@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from yolo_triton import perf_tools as pt  # noqa: E402
 from yolo_triton import spec, stats  # noqa: E402
 from yolo_triton.client import DetectorClient, ServerError  # noqa: E402
-from yolo_triton.server import DEFAULT_REPO, LaunchError  # noqa: E402
+from yolo_triton.server import LaunchError  # noqa: E402
 from yolo_triton.validation import InputError  # noqa: E402
 
 US = 1e-3  # perf_analyzer reports microseconds; everything here is milliseconds
@@ -320,12 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-trials", type=int, default=5, help="windows before a level counts as unstable")
     ap.add_argument("--request-count", type=int, default=0,
                     help="one measurement over this many requests per level, no stability search (--quick: 8)")
-    ap.add_argument("--images", nargs="+", default=[], help="image files/folders (default: the samples)")
-    ap.add_argument("--url", help="HOST:PORT of a running server (gRPC); default: start one here")
-    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository when starting a server")
-    ap.add_argument("--runs-dir", type=Path, default=pt.RUNS, help="results go to RUNS_DIR/perf/<timestamp>/")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per perf_analyzer run")
-    ap.add_argument("--quick", action="store_true", help="a few seconds per level (tests, smoke checks)")
+    pt.add_target_args(ap, "perf", "a few seconds per level (tests, smoke checks)")
     args = ap.parse_args(argv)
 
     concurrency = args.concurrency or ([1, 2] if args.quick else [1, 2, 4, 8])

@@ -312,7 +312,7 @@ def summary_markdown(s: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from yolo_triton import perf_tools as pt
     from yolo_triton.client import DetectorClient, ServerError
-    from yolo_triton.server import DEFAULT_REPO, LaunchError, Server
+    from yolo_triton.server import LaunchError, Server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=180, help="seconds of Locust load (default 180)")
@@ -324,11 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-growth-mb", type=float, default=96.0, help="allowed PSS growth after warm-up")
     ap.add_argument("--request-timeout", type=float, default=120.0, help="deadline per request, seconds")
     ap.add_argument("--model", default=spec.ALIAS)
-    ap.add_argument("--images", nargs="+", default=[], help="image files/folders (default: the samples)")
-    ap.add_argument("--url", help="HOST:PORT of a running server; default: start one here")
-    ap.add_argument("--server-pid", type=int, help="its process id, for the memory figures (with --url)")
-    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository when starting a server")
-    ap.add_argument("--runs-dir", type=Path, default=pt.RUNS, help="results go to RUNS_DIR/soak/<timestamp>/")
+    ap.add_argument("--server-pid", type=int, help="the --url server's process id, for the memory figures")
+    pt.add_target_args(ap, "soak", None)
     args = ap.parse_args(argv)
     if args.duration < 10 or args.concurrency < 1 or args.overload <= 0:
         ap.error("--duration must be >= 10 s, --concurrency >= 1, --overload > 0")

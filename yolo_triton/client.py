@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,21 +112,21 @@ def _shm_module():  # noqa: ANN202 - tritonclient.utils.shared_memory
     return shm
 
 
-class _ShmRegion:
+class ShmRegion:
     """A system shared-memory region registered with the server, reused for every request."""
 
     def __init__(self, name: str, handle: object, size: int) -> None:
         self.name, self.handle, self.size = name, handle, size
 
     @staticmethod
-    def create(client: grpcclient.InferenceServerClient, size: int) -> _ShmRegion:
+    def create(client: grpcclient.InferenceServerClient, size: int) -> ShmRegion:
         import os
 
         shm = _shm_module()
         name = f"yolo_triton_{os.getpid()}_{id(client):x}_{size}"
         handle = shm.create_shared_memory_region(name, f"/{name}", size)
         client.register_system_shared_memory(name, f"/{name}", size)
-        return _ShmRegion(name, handle, size)
+        return ShmRegion(name, handle, size)
 
     def input(self, images: np.ndarray) -> grpcclient.InferInput:
         shm = _shm_module()
@@ -160,7 +159,7 @@ class DetectorClient:
         gRPC message (client and server on one host). A 1080x810 photo is 2.6 MB of pixels, and
         moving it through gRPC costs more than pre- and postprocessing together (bench-cpu)."""
         self.url, self.model = url, model
-        self._shm: _ShmRegion | None = None
+        self._shm: ShmRegion | None = None
         self.shared_memory = shared_memory
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
         self.client = grpcclient.InferenceServerClient(url, channel_args=_channel_args())
@@ -231,7 +230,7 @@ class DetectorClient:
             if self._shm is None or self._shm.size < images.nbytes:
                 if self._shm is not None:
                     self._shm.release(self.client)
-                self._shm = _ShmRegion.create(self.client, max(images.nbytes, 4 << 20))
+                self._shm = ShmRegion.create(self.client, max(images.nbytes, 4 << 20))
             image_input = self._shm.input(images)
         inputs = build_inputs(images, conf, iou, max_det, multi_label, image_input)
         result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)
@@ -247,19 +246,6 @@ class DetectorClient:
     ) -> Result:
         dets, ms = self.infer(image[None], conf, iou, max_det, multi_label)
         return Result(dets[0], ms)
-
-    def detect_many(self, images: Sequence[np.ndarray], **thresholds: float | int | None) -> list[Result]:
-        """Several images; those of one size go in one request (offline throughput)."""
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, im in enumerate(images):
-            by_shape.setdefault(im.shape, []).append(i)
-        out: list[Result | None] = [None] * len(images)
-        for idx in by_shape.values():
-            for chunk in (idx[i : i + spec.MAX_BATCH] for i in range(0, len(idx), spec.MAX_BATCH)):
-                dets, ms = self.infer(np.stack([images[i] for i in chunk]), **thresholds)
-                for i, d in zip(chunk, dets):
-                    out[i] = Result(d, ms)
-        return [r for r in out if r is not None]
 
     def model_stats(self, model: str | None = None) -> dict:
         return self._call(self.client.get_inference_statistics, model or "", as_json=True)

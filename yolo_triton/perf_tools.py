@@ -7,6 +7,7 @@ comparison measure the same photos and land in folders the report can find.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import csv
@@ -207,6 +208,20 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], digits: int = 1
 
 
 # --- run folders and what a run records about itself --------------------------------------------
+
+
+def add_target_args(ap: argparse.ArgumentParser, kind: str, quick: str | None) -> None:
+    """The options every measurement tool shares: what to measure against and where results go.
+
+    `quick` is the help text of --quick (None: the tool has no quick mode)."""
+    from yolo_triton.server import DEFAULT_REPO
+
+    ap.add_argument("--images", nargs="+", default=[], help="image files/folders (default: the samples)")
+    ap.add_argument("--url", help="HOST:PORT of a running server (gRPC); default: start one here")
+    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository when starting a server")
+    ap.add_argument("--runs-dir", type=Path, default=RUNS, help=f"results go to RUNS_DIR/{kind}/<timestamp>/")
+    if quick is not None:
+        ap.add_argument("--quick", action="store_true", help=quick)
 
 
 def run_dir(kind: str, runs: Path = RUNS) -> Path:
