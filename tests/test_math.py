@@ -114,21 +114,29 @@ def test_max_det_limits_after_nms():
     assert det.scores.tolist() == pytest.approx([0.59, 0.58, 0.57])
 
 
-def test_decode_matches_ultralytics_nms_on_random_output():
-    from ultralytics.utils.nms import non_max_suppression
-
-    rng = np.random.default_rng(3)
-    anchors = 2100
+def _random_raw(seed: int, sharpness: int, anchors: int = 2100) -> np.ndarray:
+    """A plausible detector output: boxes anywhere in a 320 input, 3 classes, mostly low scores."""
+    rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 320, (2, anchors))
     wh = rng.uniform(4, 120, (2, anchors))
-    cls = rng.uniform(0, 1, (3, anchors)) ** 4
-    raw = np.concatenate([xy, wh, cls]).astype(np.float32)
-    det = nms.decode(raw, 0.25, 0.7, 300)
-    ref = non_max_suppression(torch.from_numpy(raw[None]), 0.25, 0.7, max_det=300)[0].numpy()
-    assert len(det.scores) == len(ref) > 10
+    cls = rng.uniform(0, 1, (3, anchors)) ** sharpness
+    return np.concatenate([xy, wh, cls]).astype(np.float32)
+
+
+def _assert_equal_to_reference(det: nms.Detections, ref: np.ndarray) -> None:
     np.testing.assert_allclose(det.boxes, ref[:, :4], atol=1e-3)
     np.testing.assert_allclose(det.scores, ref[:, 4], atol=1e-6)
     np.testing.assert_array_equal(det.classes, ref[:, 5].astype(np.int32))
+
+
+def test_decode_matches_ultralytics_nms_on_random_output():
+    from ultralytics.utils.nms import non_max_suppression
+
+    raw = _random_raw(3, 4)
+    det = nms.decode(raw, 0.25, 0.7, 300)
+    ref = non_max_suppression(torch.from_numpy(raw[None]), 0.25, 0.7, max_det=300)[0].numpy()
+    assert len(det.scores) == len(ref) > 10
+    _assert_equal_to_reference(det, ref)
 
 
 def test_pad_and_unpad_round_trip():
@@ -143,17 +151,10 @@ def test_pad_and_unpad_round_trip():
 def test_multi_label_decode_matches_ultralytics_validator_nms():
     from ultralytics.utils.nms import non_max_suppression
 
-    rng = np.random.default_rng(4)
-    anchors = 2100
-    xy = rng.uniform(0, 320, (2, anchors))
-    wh = rng.uniform(4, 120, (2, anchors))
-    cls = rng.uniform(0, 1, (3, anchors)) ** 6
-    raw = np.concatenate([xy, wh, cls]).astype(np.float32)
+    raw = _random_raw(4, 6)
     det = nms.decode(raw, 0.001, 0.7, 300, multi_label=True)
     ref = non_max_suppression(torch.from_numpy(raw[None]), 0.001, 0.7, multi_label=True, max_det=300)[0].numpy()
     single = nms.decode(raw, 0.001, 0.7, 300)
     assert len(det.scores) == len(ref) == 300
     assert set(map(tuple, det.boxes.round(3).tolist())) != set(map(tuple, single.boxes.round(3).tolist()))
-    np.testing.assert_allclose(det.boxes, ref[:, :4], atol=1e-3)
-    np.testing.assert_allclose(det.scores, ref[:, 4], atol=1e-6)
-    np.testing.assert_array_equal(det.classes, ref[:, 5].astype(np.int32))
+    _assert_equal_to_reference(det, ref)
