@@ -9,11 +9,14 @@ Measured in one run, on this machine's GPU, with the same weights and the same i
   (2) the raw network as the GPU detector runs it (the TorchScript artefact in FP16, replayed
       from CUDA graphs), batch 1 latency and batch 64 throughput, timed with CUDA events: the
       floor no pipeline around it can beat;
-  (3) the served GPU ensemble (`yolov8n_gpu`) under perf_analyzer: median latency at
-      concurrency 1 (plain gRPC, and with the image in CUDA shared memory, i.e. already on the
-      GPU as a camera pipeline would hand it over), and images/s at saturation; per-stage time
-      from Triton's statistics around every run.
-Ends with the ratios (served c1 / raw, Ultralytics / served) and the issue's targets.
+  (3) the served GPU variants under perf_analyzer: the staged ensemble `yolov8n_gpu` and the fused
+      `yolov8n_gpu_fused` (one python model, `pipeline_gpu`): median latency at concurrency 1
+      (plain gRPC, and with the image in CUDA shared memory, i.e. already on the GPU as a camera
+      pipeline would hand it over), and images/s at saturation; per-model time from Triton's
+      statistics around every run. The fused pipeline's own stages (letterbox, network, NMS) are
+      timed in this process on the same image, with a synchronisation after each.
+Ends with the ratios (served c1 / raw, Ultralytics / served) and the issue's targets, judged on
+the fastest served variant (named).
 
 The repository is built from --weights under runs/bench-gpu/ (git-ignored) unless --repo is
 given. `yolov8n.yaml` (default) is the real YOLOv8n architecture with seeded random weights: the
@@ -46,13 +49,19 @@ TARGET_C1_MS = 2.4
 TARGET_SPEEDUP = 3.5
 TARGET_IMG_S = 3000.0
 PA_TIMEOUT_S = 90
-STAGES = [spec.variant("gpu").ensemble, spec.variant("gpu").preprocess, spec.variant("gpu").detector,
-          spec.variant("gpu").postprocess]
+DEFAULT_MODELS = f"{spec.variant('gpu').ensemble},{spec.variant('gpu_fused').ensemble}"
+
+
+def stage_models(model: str) -> list[str]:
+    """The models whose Triton statistics make up a served variant's per-stage table."""
+    v = perf_tools.variant_of(model)
+    return [model, *v.models[:-1]] if v else [model]
 
 
 @dataclass
 class PaResult:
     label: str
+    model: str
     shm: str
     concurrency: int
     batch: int
@@ -143,6 +152,32 @@ def _event_median(fn, runs: int) -> float:  # noqa: ANN001
     return statistics.median(times)
 
 
+def pipeline_in_process(artefact: Path, imgsz: int, image: np.ndarray, runs: int) -> dict:
+    """The fused pipeline's stages on one image already on the GPU: median ms per stage (synchronised
+    after each) and the unsynchronised end-to-end median, as `pipeline_gpu` runs it."""
+    import torch
+
+    from yolo_triton.pipeline_gpu import STAGES, GpuPipeline
+
+    device = torch.device("cuda", 0)
+    pipeline = GpuPipeline(artefact, imgsz, device, (1,))
+    frame = torch.from_numpy(image)[None].to(device)
+    options = [[(spec.DEFAULT_CONF, spec.DEFAULT_IOU, spec.DEFAULT_MAX_DET)]], [[False]]
+    with torch.inference_mode():
+        total = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            pipeline([frame], *options)
+            total.append((time.perf_counter() - t) * 1e3)
+        per: dict[str, list[float]] = {k: [] for k in STAGES}
+        for _ in range(runs):
+            pipeline.times = {}
+            pipeline([frame], *options)
+            for k in STAGES:
+                per[k].append(pipeline.times[k] * 1e3)
+    return {"total_ms": statistics.median(total), **{f"{k}_ms": statistics.median(v) for k, v in per.items()}}
+
+
 # --- (3) served ensemble --------------------------------------------------------------------------
 
 
@@ -210,35 +245,50 @@ def perf_analyzer(url: str, model: str, data: Path, shape: tuple[int, ...], r: P
                     "Server Compute Infer", "Server Compute Output", "Client Recv")}
     r.stages = [{"model": s.model, "requests": s.count, "batch": s.count / s.executions if s.executions else 0.0,
                  **{p: s.ms[p] for p in stats.PHASES}, "total": s.total_ms}
-                for s in stats.diff(before, after, STAGES)]
+                for s in stats.diff(before, after, stage_models(r.model))]
     r.ok = True
     return r
 
 
 def stage_table(r: PaResult) -> str:
-    head = (f"  {'model':<18}{'requests':>9}{'batch':>7}" + "".join(f"{p:>16}" for p in stats.PHASES)
+    head = (f"  {'model':<20}{'requests':>9}{'batch':>7}" + "".join(f"{p:>16}" for p in stats.PHASES)
             + f"{'total ms':>10}")
     lines = [head]
     for s in r.stages:
-        lines.append(f"  {s['model']:<18}{s['requests']:>9}{s['batch']:>7.1f}"
+        lines.append(f"  {s['model']:<20}{s['requests']:>9}{s['batch']:>7.1f}"
                      + "".join(f"{s[p]:>16.3f}" for p in stats.PHASES) + f"{s['total']:>10.3f}")
     return "\n".join(lines)
 
 
-def served(repo: Path, image: np.ndarray, run: Path, levels: list[PaResult], interval_ms: int) -> tuple[list, dict]:
-    model = spec.variant("gpu").ensemble
+def set_instances(repo: Path, model: str, count: int) -> None:
+    """Give one model of the benchmark's own repository `count` GPU instances."""
+    path = repo / model / "config.pbtxt"
+    cfg = repository.parse(path.read_text())
+    for group in cfg.instance_group:
+        group.count = count
+    path.write_text(repository.render(cfg))
+
+
+def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: list[PaResult],
+           interval_ms: int) -> tuple[list[PaResult], dict]:
     data = write_input_data(image, run / "perf_analyzer" / "input.json")
-    with Server(repo, log=run / "tritonserver.log", only=["gpu"]) as server:
+    keys = sorted({v.key for v in spec.VARIANTS if v.ensemble in models or v.pipeline in models})
+    results, check = [], {}
+    with Server(repo, log=run / "tritonserver.log", only=keys) as server:
         print(server.describe(), flush=True)
-        with DetectorClient(server.url, model=model, timeout_s=120) as client:
-            result = client.detect(image)  # also the last warm-up
-            check = {"detections": int(len(result.detections.scores)), "first_request_ms": result.latency_ms}
-            for r in levels:
-                print(f"  perf_analyzer {r.label}: concurrency {r.concurrency} x batch {r.batch}, "
-                      f"shared memory {r.shm} ...", flush=True)
-                perf_analyzer(server.url, model, data, image.shape, r, run / "perf_analyzer", interval_ms, client)
-                print(f"    {r.p50_ms:.3f} ms p50, {r.img_s:.1f} img/s {r.note}", flush=True)
-    return levels, check
+        for model in models:
+            with DetectorClient(server.url, model=model, timeout_s=120) as client:
+                result = client.detect(image)  # also the last warm-up
+                check[model] = {"detections": int(len(result.detections.scores)),
+                                "first_request_ms": result.latency_ms}
+                for level in levels:
+                    r = PaResult(f"{model}.{level.label}", model, level.shm, level.concurrency, level.batch)
+                    print(f"  perf_analyzer {r.label}: concurrency {r.concurrency} x batch {r.batch}, "
+                          f"shared memory {r.shm} ...", flush=True)
+                    perf_analyzer(server.url, model, data, image.shape, r, run / "perf_analyzer", interval_ms, client)
+                    print(f"    {r.p50_ms:.3f} ms p50, {r.img_s:.1f} img/s {r.note}", flush=True)
+                    results.append(r)
+    return results, check
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -251,11 +301,11 @@ def parse_levels(text: str) -> list[PaResult]:
         label, shm, conc, batch = item.split(":")
         if shm not in ("none", "system", "cuda"):
             raise argparse.ArgumentTypeError(f"shared memory must be none, system or cuda, got {shm!r}")
-        out.append(PaResult(label, shm, int(conc), int(batch)))
+        out.append(PaResult(label, "", shm, int(conc), int(batch)))
     return out
 
 
-DEFAULT_LEVELS = "c1-grpc:none:1:1,c1-cudashm:cuda:1:1,sat-c64xb1-cudashm:cuda:64:1,sat-c16xb8-cudashm:cuda:16:8"
+DEFAULT_LEVELS = "c1-grpc:none:1:1,c1-cudashm:cuda:1:1,sat-c16xb8-cudashm:cuda:16:8"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", type=Path, default=None, help="default: bus.jpg (1080x810)")
     ap.add_argument("--levels", type=parse_levels, default=parse_levels(DEFAULT_LEVELS),
                     help="perf_analyzer levels, label:shm:concurrency:batch,... (default %(default)s)")
+    ap.add_argument("--models", default=DEFAULT_MODELS,
+                    help="served models to measure, comma-separated (default %(default)s)")
+    ap.add_argument("--pipeline-instances", type=int, default=0,
+                    help="GPU instances of pipeline_gpu in the benchmark's repository (default: as generated)")
     ap.add_argument("--quick", action="store_true", help="shorter measurements (a smoke test, not a result)")
     args = ap.parse_args(argv)
 
@@ -296,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--imgsz", str(args.imgsz)] if args.imgsz else []
         if build_engines.main(["--weights", args.weights, "--repo", str(repo), *extra]):
             return 2
+    if args.pipeline_instances:
+        set_instances(repo, spec.variant("gpu_fused").pipeline, args.pipeline_instances)
     facts = repository.read_facts(repo)
     artefact = repo / spec.variant("gpu").detector / "1" / spec.variant("gpu").artefact
     gpu_name = torch.cuda.get_device_name(0)
@@ -314,8 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     big = int(raw["graph_batch"])
     print(f"    batch 1 {raw['graph_b1_ms']:.3f} ms (eager {raw['eager_b1_ms']:.3f} ms), "
           f"batch {big} {raw[f'graph_b{big}_ms']:.3f} ms = {raw[f'graph_b{big}_img_s']:.0f} img/s", flush=True)
-    print("(3) served GPU ensemble under perf_analyzer", flush=True)
-    levels, check = served(repo, image, run, args.levels, interval)
+    print("(2) fused pipeline in this process, bus.jpg already on the GPU, batch 1", flush=True)
+    fused = pipeline_in_process(artefact, facts.imgsz, image, runs)
+    torch.cuda.empty_cache()
+    print("    " + ", ".join(f"{k} {v:.3f}" for k, v in fused.items()), flush=True)
+    print("(3) served GPU variants under perf_analyzer", flush=True)
+    models = [m for m in args.models.split(",") if m]
+    levels, check = served(repo, image, run, models, args.levels, interval)
 
     c1 = [r for r in levels if r.ok and r.concurrency == 1]
     sat = [r for r in levels if r.ok and r.concurrency > 1]
@@ -324,22 +385,24 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"bench-gpu {time.strftime('%Y-%m-%d %H:%M')} on {gpu_name}: weights {facts.source}, imgsz "
              f"{facts.imgsz}, image {image_path.name} {w}x{h}, first served request found "
-             f"{check['detections']} detections"]
+             + ", ".join(f"{c['detections']} detections ({m})" for m, c in check.items())]
     if facts.source.endswith((".yaml", ".yml")):
         lines.append("  (random weights: the network costs what the trained one does, but NMS gets no boxes)")
-    lines += ["", f"{'':<46}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>9}",
-              f"{'(1) Ultralytics predict FP16, 1 image':<46}{ul['median_ms']:>9.3f}{'':>9}"
+    lines += ["", f"{'':<60}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>9}",
+              f"{'(1) Ultralytics predict FP16, 1 image':<60}{ul['median_ms']:>9.3f}{'':>9}"
               f"{1e3 / ul['median_ms']:>9.0f}",
-              f"{'(2) raw FP16 CUDA graph, batch 1':<46}{raw['graph_b1_ms']:>9.3f}{'':>9}"
+              f"{'(2) raw FP16 CUDA graph, batch 1':<60}{raw['graph_b1_ms']:>9.3f}{'':>9}"
               f"{1e3 / raw['graph_b1_ms']:>9.0f}",
-              f"{f'(2) raw FP16 CUDA graph, batch {big}':<46}{raw[f'graph_b{big}_ms']:>9.3f}{'':>9}"
-              f"{raw[f'graph_b{big}_img_s']:>9.0f}"]
+              f"{f'(2) raw FP16 CUDA graph, batch {big}':<60}{raw[f'graph_b{big}_ms']:>9.3f}{'':>9}"
+              f"{raw[f'graph_b{big}_img_s']:>9.0f}",
+              f"{'(2) fused pipeline in process, batch 1':<60}{fused['total_ms']:>9.3f}",
+              "    stages, synchronised: " + ", ".join(f"{k[:-3]} {fused[k]:.3f} ms" for k in fused if k != "total_ms")]
     for r in levels:
-        label = f"(3) served {r.label} (c{r.concurrency} x b{r.batch})"
+        label = f"(3) {r.label} (c{r.concurrency} x b{r.batch})"
         if r.ok:
-            lines.append(f"{label:<46}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.img_s:>9.0f}  {r.note}")
+            lines.append(f"{label:<60}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}{r.img_s:>9.0f}  {r.note}")
         else:
-            lines.append(f"{label:<46}  FAILED: {r.note}")
+            lines.append(f"{label:<60}  FAILED: {r.note}")
     lines.append("")
     for r in levels:
         if r.ok:
@@ -358,20 +421,21 @@ def main(argv: list[str] | None = None) -> int:
     checks = []
     if best_c1:
         checks.append((f"c1 median latency <= {TARGET_C1_MS:.1f} ms", best_c1.p50_ms <= TARGET_C1_MS,
-                       f"{best_c1.p50_ms:.3f} ms"))
+                       f"{best_c1.p50_ms:.3f} ms, {best_c1.label}"))
         speedup = ul["median_ms"] / best_c1.p50_ms
         checks.append((f"c1 >= {TARGET_SPEEDUP:.1f}x faster than Ultralytics predict", speedup >= TARGET_SPEEDUP,
-                       f"{speedup:.2f}x"))
+                       f"{speedup:.2f}x, {best_c1.label}"))
     if best_sat:
         checks.append((f"saturated >= {TARGET_IMG_S:.0f} img/s", best_sat.img_s >= TARGET_IMG_S,
-                       f"{best_sat.img_s:.0f} img/s"))
+                       f"{best_sat.img_s:.0f} img/s, {best_sat.label}"))
     for name, ok, value in checks:
         lines.append(f"target {name}: {'MET' if ok else 'MISSED'} ({value})")
     summary = "\n".join(lines)
     print("\n" + summary, flush=True)
     (run / "summary.txt").write_text(summary + "\n")
     results = {"gpu": gpu_name, "weights": facts.source, "imgsz": facts.imgsz, "image": image_path.name,
-               "ultralytics": ul, "raw": raw, "served": [asdict(r) for r in levels], "check": check}
+               "ultralytics": ul, "raw": raw, "fused_in_process": fused, "served": [asdict(r) for r in levels],
+               "check": check}
     (run / "results.json").write_text(json.dumps(results, indent=1))
     perf_tools.write_meta(run, "bench-gpu", {"summary": str(run / "summary.txt")})
     print(f"\nbench-gpu: results in {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}")

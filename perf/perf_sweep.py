@@ -106,9 +106,7 @@ def parse_levels(text: str) -> list[float]:
 def roles_of(model: str, alias_target: str | None) -> dict[str, str]:
     """composing model -> stage role, for the variant an ensemble (or the alias) runs."""
     v = pt.variant_of(alias_target if model == spec.ALIAS and alias_target else model)
-    if v is None:
-        return {}
-    return {v.preprocess: "preprocess", v.detector: "detector", v.postprocess: "postprocess"}
+    return v.stages if v else {}
 
 
 def command(binary: Path, url: str, model: str, mode: str, load: float, data: Path, csv_name: str,

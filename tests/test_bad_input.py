@@ -126,11 +126,15 @@ CASES: dict[str, tuple[Callable[[], list], str, tuple[str, ...]]] = {
 }
 
 
+FUSED = spec.variant("ort_fused").ensemble
+
+
+@pytest.mark.parametrize("model", [spec.ALIAS, FUSED])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_raw_bad_request_gets_clear_error_and_server_carries_on(raw, client, reference, case):
+def test_raw_bad_request_gets_clear_error_and_server_carries_on(raw, client, reference, case, model):
     build, status, words = CASES[case]
     with pytest.raises(InferenceServerException) as err:
-        raw.infer(spec.ALIAS, build(), client_timeout=60)
+        raw.infer(model, build(), client_timeout=60)
     assert err.value.status() == status, err.value.message()
     message = err.value.message()
     for word in words:
@@ -149,12 +153,15 @@ def test_unknown_model_and_output_names(raw, client, reference):
     assert_still_serving(client, reference)
 
 
-def test_missing_image_is_refused_not_hung(raw, client, reference):
+@pytest.mark.parametrize("model", [spec.ALIAS, FUSED])
+def test_missing_image_is_refused_not_hung(raw, client, reference, model):
     """Triton 2.51 does not check an ensemble's required inputs; the request still fails at once
-    (INVALID_ARGUMENT, "unexpected deadlock ... no more ensemble steps can be made")."""
+    (INVALID_ARGUMENT, "unexpected deadlock ... no more ensemble steps can be made"). A python
+    model's are checked before it runs."""
     with pytest.raises(InferenceServerException) as err:
-        raw.infer(spec.ALIAS, [scalar(spec.CONF_THRESHOLD, 0.5)], client_timeout=30)
-    assert err.value.status() == INVALID and spec.ALIAS in err.value.message()
+        raw.infer(model, [scalar(spec.CONF_THRESHOLD, 0.5)], client_timeout=30)
+    print(err.value.message())
+    assert err.value.status() == INVALID and model in err.value.message()
     assert_still_serving(client, reference)
 
 

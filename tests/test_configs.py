@@ -17,7 +17,7 @@ def _configs(repo: Path) -> dict[str, object]:
 def test_every_model_directory_has_a_parsable_config(repo):
     configs = _configs(repo)
     expected = {"preprocess", "postprocess", "preprocess_gpu", "postprocess_gpu"}
-    expected |= {v.detector for v in spec.VARIANTS} | {v.ensemble for v in spec.VARIANTS}
+    expected |= {m for v in spec.VARIANTS for m in v.models}
     assert expected <= set(configs)
     for name, cfg in configs.items():
         assert cfg.name == name
@@ -52,10 +52,7 @@ def test_detector_configs_match_the_onnx_model(repo, facts):
     assert list(cfg.output[0].dims) == [4 + len(facts.names), facts.num_anchors]
 
 
-@pytest.mark.parametrize("variant", spec.VARIANTS, ids=lambda v: v.key)
-def test_ensemble_wiring_is_closed(repo, variant):
-    configs = _configs(repo)
-    ens = configs[variant.ensemble]
+def _assert_closed(ens, configs: dict) -> None:
     assert ens.platform == "ensemble"
     produced = {i.name for i in ens.input}
     for step in ens.ensemble_scheduling.step:
@@ -67,6 +64,29 @@ def test_ensemble_wiring_is_closed(repo, variant):
         assert set(step.input_map.values()) <= produced, f"{step.model_name} reads a tensor nothing produced"
         produced |= set(step.output_map.values())
     assert {o.name for o in ens.output} <= produced
+
+
+@pytest.mark.parametrize("variant", [v for v in spec.VARIANTS if not v.fused], ids=lambda v: v.key)
+def test_ensemble_wiring_is_closed(repo, variant):
+    configs = _configs(repo)
+    _assert_closed(configs[variant.ensemble], configs)
+
+
+@pytest.mark.parametrize("variant", [v for v in spec.VARIANTS if v.fused], ids=lambda v: v.key)
+def test_fused_pipeline_has_the_ensemble_interface(repo, facts, variant):
+    configs = _configs(repo)
+    _assert_closed(configs[variant.ensemble], configs)
+    assert [s.model_name for s in configs[variant.ensemble].ensemble_scheduling.step] == [variant.pipeline]
+    fused = configs[variant.pipeline]
+    assert fused.backend == "python" and not fused.platform
+    for got, want in ((fused.input, spec.ENSEMBLE_INPUTS), (fused.output, spec.ENSEMBLE_OUTPUTS)):
+        assert [t.name for t in got] == [t.name for t in want]
+        assert [list(t.dims) for t in got] == [list(t.dims) for t in want]
+    assert [i.optional for i in fused.input] == [t.optional for t in spec.ENSEMBLE_INPUTS]
+    artefact = fused.parameters["artefact_model"].string_value, fused.parameters["artefact"].string_value
+    assert artefact == (variant.detector, variant.artefact)
+    assert (Path(repository.SOURCE_REPO) / variant.pipeline / "1" / "model.py").exists()
+    assert int(fused.parameters["imgsz"].string_value) == facts.imgsz
 
 
 def test_configs_carry_the_checkpoint_facts(repo, facts):

@@ -23,6 +23,8 @@ from yolo_triton.client import OUTPUTS, DetectorClient, build_inputs
 from yolo_triton.validation import InputError
 
 GPU = spec.variant("gpu")
+FUSED = spec.variant("gpu_fused")
+GPU_MODELS = [GPU.ensemble, FUSED.ensemble]
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU visible to torch (none here)")
 
@@ -59,6 +61,50 @@ def test_letterbox_batch_equals_one_by_one():
     batch = torch_ops.letterbox_batch(torch.from_numpy(imgs), 320)
     for i in range(3):
         assert torch.equal(batch[i], torch_ops.letterbox_batch(torch.from_numpy(imgs[i : i + 1]), 320)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_letterbox_many_writes_each_request_in_order(dtype):
+    """Requests of mixed sizes land in request order; runs of one size go through in one pass."""
+    rng = np.random.default_rng(5)
+    sizes = [(2, 300, 500), (1, 300, 500), (1, 100, 50), (2, 300, 500), (1, 1, 1)]
+    batches = [torch.from_numpy(np.stack([_image(rng, h, w) for _ in range(n)])) for n, h, w in sizes]
+    out = torch.full((10, 3, 320, 320), -1.0, dtype=dtype)
+    rows = torch_ops.letterbox_many(batches, 320, out)
+    start = 0
+    for b, (n, h, w) in zip(batches, sizes):
+        want = torch_ops.letterbox_batch(b, 320).to(dtype)
+        assert torch.equal(out[start : start + n], want)
+        assert np.array_equal(rows[start : start + n], np.repeat(geometry.plan(h, w, 320).as_array()[None], n, 0))
+        start += n
+    assert (out[start:] == -1).all(), "rows past the batch are left alone"
+
+
+class _Tensor:
+    """What pb_io needs of a python-backend tensor: DLPack out."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def to_dlpack(self):  # noqa: ANN201
+        return torch.utils.dlpack.to_dlpack(self.x)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_optional_inputs_come_back_with_their_values_and_dtypes(device):
+    from types import SimpleNamespace
+
+    from yolo_triton import pb_io
+
+    sent = {"CONF_THRESHOLD": np.array([[0.25], [np.nan]], np.float32),
+            "MAX_DETECTIONS": np.array([[7], [300]], np.int32), "MULTI_LABEL": np.array([[True], [False]])}
+    request = {k: _Tensor(torch.from_numpy(v).to(device)) for k, v in sent.items()}
+    pb_utils = SimpleNamespace(get_input_tensor_by_name=lambda r, name: r.get(name))
+    got = pb_io.optionals(pb_utils, request, [*sent, "IOU_THRESHOLD"])
+    assert got["IOU_THRESHOLD"] is None
+    for k, v in sent.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        np.testing.assert_array_equal(got[k], v)
 
 
 def test_image_shape_checks_name_the_problem():
@@ -203,14 +249,20 @@ def test_gpu_configs_keep_tensors_on_the_gpu(repo):
     assert det.parameters["artefact"].string_value == GPU.artefact
     ens = repository.parse((repo / GPU.ensemble / "config.pbtxt").read_text())
     assert [s.model_name for s in ens.ensemble_scheduling.step] == [GPU.preprocess, GPU.detector, GPU.postprocess]
+    fused = repository.parse((repo / FUSED.pipeline / "config.pbtxt").read_text())
+    assert fused.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    assert [g.kind for g in fused.instance_group] == [repository.mc.ModelInstanceGroup.KIND_GPU]
+    assert fused.max_batch_size == max(torch_ops.BUCKETS), "a batch never exceeds the largest CUDA graph"
 
 
 def test_launcher_loads_the_gpu_variant_only_with_a_gpu(repo):
     without = launcher.plan_models(repo, set(), gpu=False)
     assert without.skipped[GPU.ensemble] == "needs a GPU, none visible"
     assert GPU.detector not in without.load
+    assert FUSED.pipeline not in without.load and "GPU" in without.skipped[FUSED.ensemble]
     with_gpu = launcher.plan_models(repo, set(), gpu=True)
     assert {GPU.preprocess, GPU.detector, GPU.postprocess, GPU.ensemble} <= set(with_gpu.load)
+    assert {FUSED.pipeline, FUSED.ensemble} <= set(with_gpu.load)
     assert with_gpu.alias == GPU, "on a GPU machine `yolov8n` serves the GPU ensemble (bundled server)"
 
 
@@ -265,17 +317,15 @@ def _validation_images(n: int) -> list[np.ndarray]:
 
 
 def _fp32_onnx_reference(repo, imgsz: int):  # noqa: ANN202
-    """The ONNX variants' pipeline, run in this process: NumPy letterbox, FP32 ONNX Runtime, NumPy
-    decode/NMS/unletterbox (the same functions the `preprocess`/`postprocess` models call)."""
-    from yolo_triton.ort_session import make_session
+    """The CPU variants' pipeline, run in this process: NumPy letterbox, FP32 ONNX Runtime, NumPy
+    decode/NMS/unletterbox (`pipeline_cpu.OrtPipeline`, what `yolov8n_ort_fused` serves)."""
+    from yolo_triton.pipeline_cpu import OrtPipeline
 
-    session = make_session(repo / spec.variant("ort").detector / "1" / "model.onnx")
+    pipeline = OrtPipeline(repo / spec.variant("ort").detector / "1" / "model.onnx", imgsz)
+    defaults = (spec.DEFAULT_CONF, spec.DEFAULT_IOU, spec.DEFAULT_MAX_DET)
 
     def detect(img: np.ndarray) -> nms.Detections:
-        canvas, lb = geometry.letterbox(img, imgsz)
-        raw = session.run([spec.RAW.name], {spec.PIXELS.name: geometry.to_pixels(canvas[None])})[0][0]
-        return postprocess.postprocess_one(raw, lb.as_array(), spec.DEFAULT_CONF, spec.DEFAULT_IOU,
-                                           spec.DEFAULT_MAX_DET)
+        return postprocess.unpad(*pipeline([img[None]], [[defaults]], [[False]])[0])[0]
 
     return detect
 
@@ -312,9 +362,10 @@ def test_gpu_ensemble_agrees_with_the_fp32_onnx_variant(server, repo, facts):
 
 @needs_cuda
 @pytest.mark.gpu
-def test_gpu_ensemble_answers_any_size_and_batches(server, facts):
+@pytest.mark.parametrize("model", GPU_MODELS)
+def test_gpu_ensemble_answers_any_size_and_batches(server, facts, model):
     rng = np.random.default_rng(0)
-    with DetectorClient(server.url, model=GPU.ensemble, timeout_s=120) as c:
+    with DetectorClient(server.url, model=model, timeout_s=120) as c:
         for h, w in [(1080, 810), (8, 8), (1, 1), (3000, 4000), (40, 1500)]:
             det = c.detect(_image(rng, h, w), conf=0.01).detections
             assert ((det.boxes[:, [0, 2]] >= 0) & (det.boxes[:, [0, 2]] <= w)).all()
@@ -335,12 +386,13 @@ def test_gpu_ensemble_answers_any_size_and_batches(server, facts):
 
 @needs_cuda
 @pytest.mark.gpu
-def test_gpu_concurrent_mixed_sizes_equal_single_requests(server):
+@pytest.mark.parametrize("model", GPU_MODELS)
+def test_gpu_concurrent_mixed_sizes_equal_single_requests(server, model):
     images = list(sample_images().values())
     images += [np.ascontiguousarray(im[: im.shape[0] // 2]) for im in images]
-    alone = [_served(server.url, GPU.ensemble, im) for im in images]
+    alone = [_served(server.url, model, im) for im in images]
     with cf.ThreadPoolExecutor(len(images)) as pool:
-        together = list(pool.map(lambda im: _served(server.url, GPU.ensemble, im), images * 3))
+        together = list(pool.map(lambda im: _served(server.url, model, im), images * 3))
     for got, want in zip(together, alone * 3):
         assert len(got.scores) == len(want.scores)
         if len(want.scores):  # other batch sizes replay other graphs: FP16 rounding may move a box a hair
@@ -348,23 +400,45 @@ def test_gpu_concurrent_mixed_sizes_equal_single_requests(server):
             assert iou.max(1).min() >= 0.99
             assert np.array_equal(got.classes, want.classes)
     with DetectorClient(server.url) as c:
-        stats = c.model_stats(GPU.detector)["model_stats"][0]
+        stats = c.model_stats(GPU.detector if model == GPU.ensemble else FUSED.pipeline)["model_stats"][0]
     assert int(stats["execution_count"]) < int(stats["inference_stats"]["success"]["count"]), "never batched"
 
 
 @needs_cuda
 @pytest.mark.gpu
-def test_gpu_ensemble_rejects_bad_input_with_a_clear_error(server):
+@pytest.mark.parametrize("model", GPU_MODELS)
+def test_gpu_ensemble_rejects_bad_input_with_a_clear_error(server, model):
     from tritonclient.utils import InferenceServerException
 
-    with DetectorClient(server.url, model=GPU.ensemble) as c:
+    with DetectorClient(server.url, model=model) as c:
         too_big = np.zeros((1, spec.MAX_IMAGE_SIDE + 1, 8, 3), np.uint8)
         with pytest.raises(InferenceServerException, match="IMAGE.*exceeds"):
-            c.client.infer(GPU.ensemble, build_inputs(too_big), outputs=OUTPUTS)
+            c.client.infer(model, build_inputs(too_big), outputs=OUTPUTS)
         image = next(iter(sample_images().values()))[None]
         with pytest.raises(InferenceServerException, match="CONF_THRESHOLD"):
-            c.client.infer(GPU.ensemble, build_inputs(image, conf=1.5), outputs=OUTPUTS)
+            c.client.infer(model, build_inputs(image, conf=1.5), outputs=OUTPUTS)
+        empty = np.zeros((0, 0, 0, 3), np.uint8)
+        with pytest.raises(InferenceServerException, match="IMAGE"):
+            c.client.infer(model, build_inputs(empty), outputs=OUTPUTS, client_timeout=30)
         assert c.detect(image[0]).latency_ms > 0, "the model survives bad requests"
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gpu_fused_equals_the_gpu_ensemble(server):
+    """Same letterbox, same graph, same NMS: the fused model's answers are the ensemble's."""
+    images = list(sample_images().values()) + _validation_images(20)
+    found = 0
+    for image in images:
+        for options in ({}, {"conf": 0.05, "iou": 0.5, "max_det": 3}, {"conf": 0.01, "multi_label": True}):
+            want = _served(server.url, GPU.ensemble, image, **options)
+            got = _served(server.url, FUSED.ensemble, image, **options)
+            assert len(got.scores) == len(want.scores)
+            np.testing.assert_array_equal(got.classes, want.classes)
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+            np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+            found += len(want.scores)
+    assert found > 50, "the comparison needs detections (the demo checkpoint)"
 
 
 @needs_cuda

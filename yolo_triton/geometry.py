@@ -61,6 +61,13 @@ def letterbox(image: np.ndarray, size: int, out: np.ndarray | None = None) -> tu
     return canvas, lb
 
 
+def letterbox_into(images: np.ndarray, canvases: np.ndarray) -> np.ndarray:
+    """Letterbox each image of an NHWC batch into `canvases[i]` (a caller's preallocated batch
+    buffer, so nothing is allocated per request); returns the batch's LETTERBOX rows."""
+    size = canvases.shape[1]
+    return np.stack([letterbox(img, size, out=canvases[i])[1].as_array() for i, img in enumerate(images)])
+
+
 def to_pixels(canvases: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """BGR uint8 NHWC -> RGB float32 NCHW in [0, 1], the network's input layout."""
     n, h, w, _ = canvases.shape

@@ -185,6 +185,25 @@ def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
     return cfg
 
 
+def fused_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
+    """A fused variant's pipeline: one python model with the ensemble's interface (spec.Variant.pipeline)."""
+    gpu = "gpu" in v.needs
+    cfg = _base(spec.ModelSpec(v.pipeline, "python", spec.ENSEMBLE_INPUTS, spec.ENSEMBLE_OUTPUTS))
+    db = cfg.dynamic_batching
+    db.max_queue_delay_microseconds = 0  # take what is queued: see the module docstring
+    if gpu:
+        db.preferred_batch_size.extend(int(b) for b in v.extra["cuda_graph_batches"].split(","))
+        _gpu_resident(cfg)
+    _instances(cfg, gpu)
+    _facts_params(cfg, facts)
+    cfg.parameters["variant"].string_value = v.key
+    cfg.parameters["artefact_model"].string_value = v.detector  # loads that folder's artefact, no copy
+    cfg.parameters["artefact"].string_value = v.artefact
+    for key, value in v.extra.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
 def _warmup(cfg: mc.ModelConfig, t: spec.TensorSpec) -> None:
     """Native backends run one zero batch at load, so the first client request is not slow."""
     w = cfg.model_warmup.add(name="zeros", batch_size=1)
@@ -199,6 +218,13 @@ def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelCo
     _facts_params(cfg, facts)
     cfg.parameters["variant"].string_value = v.key
     steps = cfg.ensemble_scheduling
+    if v.fused:  # one step, every tensor passed through
+        step = steps.step.add(model_name=v.pipeline, model_version=-1)
+        for t in spec.ENSEMBLE_INPUTS:
+            step.input_map[t.name] = t.name
+        for t in spec.ENSEMBLE_OUTPUTS:
+            step.output_map[t.name] = t.name
+        return cfg
     pre = steps.step.add(model_name=v.preprocess, model_version=-1)
     pre.input_map[spec.IMAGE.name] = spec.IMAGE.name
     pre.output_map[spec.PIXELS.name] = "pixels"
@@ -225,6 +251,8 @@ _WHY = {
     "already uses every core",
     "native_detector": f"native detector: waits up to {DETECTOR_QUEUE_DELAY_US} us to fill a preferred batch "
     "(a GPU's cost per image falls with batch size)",
+    "fused": "fused pipeline: dynamic batching without delay (take what is queued); preferred sizes on the GPU "
+    "are its CUDA-graph batch sizes; one instance (one ONNX Runtime run uses every core; one GPU stream)",
     "gpu_detector": "GPU detector: preferred sizes are its CUDA-graph / engine batch sizes; one instance per GPU, "
     "whose stream is kept busy by the batcher",
     "ensemble": "ensemble: batching happens in the composing models; max_batch_size only bounds a request",
@@ -235,6 +263,8 @@ def render(cfg: mc.ModelConfig) -> str:
     """pbtxt with a header saying where it came from and why its batching is set as it is."""
     if cfg.platform == "ensemble":
         why = _WHY["ensemble"]
+    elif "artefact_model" in cfg.parameters:
+        why = _WHY["fused"]
     elif cfg.name.startswith(("preprocess", "postprocess")):
         why = _WHY["python_step"]
     elif cfg.backend == "onnxruntime" or cfg.platform == "tensorrt_plan":
@@ -261,7 +291,10 @@ def all_configs(facts: ModelFacts) -> dict[str, mc.ModelConfig]:
         out[pre] = preprocess_config(pre, facts, gpu)
         out[post] = postprocess_config(post, facts, gpu)
     for v in spec.VARIANTS:
-        out[v.detector] = detector_config(v, facts)
+        if v.fused:
+            out[v.pipeline] = fused_config(v, facts)
+        else:
+            out[v.detector] = detector_config(v, facts)
         out[v.ensemble] = ensemble_config(v.ensemble, v, facts)
     return out
 

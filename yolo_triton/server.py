@@ -150,7 +150,7 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
         elif why := _unservable(repo, v):
             plan.skipped[v.ensemble] = why
         else:
-            for m in (v.preprocess, v.detector, v.postprocess, v.ensemble):
+            for m in v.models:
                 if m not in plan.load:
                     plan.load.append(m)
             if plan.alias is None or v.rank > plan.alias.rank:

@@ -105,6 +105,14 @@ class Variant:
     `needs` names what the server must offer for the variant to load: a backend directory
     ("onnxruntime", "tensorrt"), "gpu", or nothing for the pure-python CPU default.
     `artefact` is the file the detector loads, relative to its version folder.
+
+    A fused variant names a `pipeline`: one python model that runs letterbox, network and NMS in
+    one execute() (the same shared functions as the staged steps), behind a one-step ensemble
+    with the same interface. One Triton<->stub hop instead of three and no intermediate tensors:
+    that glue is what a request costs beyond the network on a fast GPU or on two CPU cores. The
+    pipeline loads the artefact of `detector`'s folder. (The ensemble in front is not decoration:
+    tritonserver 2.51 never answers a zero-byte, batch-0 request sent straight to a python model
+    with dynamic batching, while an ensemble refuses it at once.)
     """
 
     key: str
@@ -116,13 +124,35 @@ class Variant:
     postprocess: str = POSTPROCESS.name
     rank: int = 0  # higher wins when picking what `yolov8n` serves
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    pipeline: str = ""
 
     @property
     def ensemble(self) -> str:
+        """The name clients call."""
         return f"{ALIAS}_{self.key}"
+
+    @property
+    def fused(self) -> bool:
+        return bool(self.pipeline)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the server loads for this variant."""
+        if self.fused:
+            return (self.pipeline, self.ensemble)
+        return (self.preprocess, self.detector, self.postprocess, self.ensemble)
+
+    @property
+    def stages(self) -> dict[str, str]:
+        """Composing model -> stage role, for per-stage statistics (a fused variant has none)."""
+        if self.fused:
+            return {}
+        return {self.preprocess: "preprocess", self.detector: "detector", self.postprocess: "postprocess"}
 
 
 ALIAS = "yolov8n"
+# CUDA-graph batch sizes of the GPU detectors (a batch is padded up to the next one).
+CUDA_GRAPH_BATCHES = "1,2,4,8,16,32,64"
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("ort", "detector_ort", "python", "model.onnx", rank=10),
@@ -139,8 +169,20 @@ VARIANTS: tuple[Variant, ...] = (
         preprocess="preprocess_gpu",
         postprocess="postprocess_gpu",
         rank=40,
-        # Batch sizes the detector captures a CUDA graph for (a batch is padded up to the next).
-        extra={"cuda_graph_batches": "1,2,4,8,16,32,64"},
+        extra={"cuda_graph_batches": CUDA_GRAPH_BATCHES},
+    ),
+    # Fused variants rank below the ensembles: `yolov8n` stays the staged pipeline, whose per-stage
+    # statistics the measurement tools report; clients after the last millisecond call these by name.
+    Variant("ort_fused", "detector_ort", "python", "model.onnx", rank=5, pipeline="pipeline_ort"),
+    Variant(
+        "gpu_fused",
+        "detector_torch",
+        "python",
+        "model.pt",
+        needs=("gpu",),
+        rank=35,
+        pipeline="pipeline_gpu",
+        extra={"cuda_graph_batches": CUDA_GRAPH_BATCHES},
     ),
     Variant("trt", "detector_trt", "tensorrt", "model.plan", needs=("tensorrt", "gpu"), rank=50),
 )

@@ -24,9 +24,7 @@ from yolo_triton.validation import check_images
 
 # Batch sizes a CUDA graph is captured for (declared with the variant in spec); a batch is padded
 # up to the next one. Powers of two keep the padding under 2x with only a few graphs to capture.
-BUCKETS: tuple[int, ...] = tuple(
-    int(b) for b in spec.variant("gpu").extra["cuda_graph_batches"].split(",") if int(b) <= spec.MAX_BATCH
-)
+BUCKETS: tuple[int, ...] = tuple(int(b) for b in spec.CUDA_GRAPH_BATCHES.split(",") if int(b) <= spec.MAX_BATCH)
 FACTS_EXTRA = "facts.json"  # extra file of the TorchScript archive: the checkpoint facts it holds
 
 
@@ -65,6 +63,26 @@ def letterbox_batch(images: torch.Tensor, size: int, out: torch.Tensor | None = 
     # A tensor divisor keeps true division (a Python scalar becomes a multiply by 1/255 on CUDA),
     # so the float32 values are exactly those of to_pixels for the same grey levels.
     return canvas.div_(torch.full((), 255.0, dtype=canvas.dtype, device=canvas.device))
+
+
+def letterbox_many(batches: Sequence[torch.Tensor], size: int, out: torch.Tensor) -> np.ndarray:
+    """Letterbox a list of NHWC batches (one per request) into `out[:total]`, in order.
+
+    Consecutive batches of one image size are resized in one pass (a steady stream of camera
+    frames arrives that way); `out` may be any float dtype, e.g. a CUDA graph's FP16 input.
+    Returns the LETTERBOX rows, (total, 6) float32, from `geometry.plan`.
+    """
+    rows, start, i = [], 0, 0
+    while i < len(batches):
+        j = i + 1
+        while j < len(batches) and batches[j].shape[1:3] == batches[i].shape[1:3]:
+            j += 1
+        images = batches[i] if j == i + 1 else torch.cat(list(batches[i:j]))
+        n, h, w = images.shape[:3]
+        letterbox_batch(images, size, out=out[start : start + n])
+        rows.append(np.repeat(geometry.plan(h, w, size).as_array()[None], n, axis=0))
+        start, i = start + n, j
+    return np.concatenate(rows) if rows else np.zeros((0, 6), np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,9 +173,9 @@ def decode_batch(
             mask &= capped
         img, anchor = mask.nonzero(as_tuple=True)  # sync 1; anchor order within an image, as NumPy
         cand_scores, cand_classes = scores[img, anchor], classes[img, anchor]
-    if img.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return BatchDetections(torch.zeros((0, 4), device=device), torch.zeros(0, device=device), empty, empty)
+    if img.numel() == 0:  # host tensors: nothing left to copy back, no further synchronisation
+        empty = torch.zeros(0, dtype=torch.int64)
+        return BatchDetections(torch.zeros((0, 4)), torch.zeros(0), empty, empty)
     boxes = xywh2xyxy(raw[img, :4, anchor].float())
     cand_scores = cand_scores.float()
     offset_boxes = boxes + (cand_classes[:, None] * MAX_WH).float()  # float32, like nms.decode
@@ -277,6 +295,23 @@ class GraphedNetwork:
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
 
+    def check(self, eager: Callable[[torch.Tensor], torch.Tensor], tolerance: float = 0.02) -> None:
+        """Every graph against the eager network on the same random input; raises on a mismatch.
+
+        FP16 kernels chosen at capture may differ from eager ones in rounding, hence a tolerance
+        relative to the output's scale; a NaN or a wrong buffer is far outside it.
+        """
+        with torch.inference_mode():
+            for b in self.buckets:
+                self.static_in[:b].uniform_()
+                self.graphs[b].replay()
+                got = self.static_out[b].float()
+                want = eager(self.static_in[:b]).float()
+                err = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-6)
+                if not err <= tolerance:  # also catches NaN
+                    raise RuntimeError(
+                        f"CUDA graph for batch {b} disagrees with the network (relative error {err:.3g})")
+
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
@@ -287,6 +322,11 @@ class GraphedNetwork:
         self.static_in[:n].copy_(x)
         self.graphs[b].replay()
         return self.static_out[b][:n]
+
+    def run_static(self, n: int) -> torch.Tensor:
+        """Replay on the first `n` rows the caller wrote into `static_in` (no input copy); a view."""
+        self.graphs[self.bucket(n)].replay()
+        return self.static_out[self.bucket(n)][:n]
 
     def replay(self, b: int) -> None:
         """Replay bucket `b` on whatever the static input holds (for timing the network alone)."""

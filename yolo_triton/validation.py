@@ -8,6 +8,7 @@ the model (or the batch it was grouped with) down.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -100,3 +101,17 @@ def check_flags(name: str, value: np.ndarray | bool | None, batch: int) -> list[
     if not np.isin(flags, (0, 1)).all():
         raise InputError(f"{name}: must be true or false, got {flags.tolist()}")
     return [bool(f) for f in flags]
+
+
+def request_options(
+    read: Callable[[str], np.ndarray | None], batch: int
+) -> tuple[list[tuple[float, float, int]], list[bool]]:
+    """Per-image (conf, iou, max_det) and MULTI_LABEL flags of one request.
+
+    `read(name)` returns an optional input as an array, or None when the request omits it; each
+    python model reads tensors its own way (NumPy or DLPack), the checks are the same.
+    """
+    limits = check_thresholds(
+        batch, read(spec.CONF_THRESHOLD.name), read(spec.IOU_THRESHOLD.name), read(spec.MAX_DETECTIONS.name)
+    )
+    return limits, check_flags(spec.MULTI_LABEL.name, read(spec.MULTI_LABEL.name), batch)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root
 from yolo_triton import spec  # noqa: E402
 from yolo_triton.postprocess import postprocess_batch  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, check_flags, check_thresholds  # noqa: E402
+from yolo_triton.validation import InputError, request_options  # noqa: E402
 
 
 def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001
@@ -34,13 +34,7 @@ class TritonPythonModel:
             try:
                 raw = pb_utils.get_input_tensor_by_name(request, spec.RAW.name).as_numpy()
                 lb = pb_utils.get_input_tensor_by_name(request, spec.LETTERBOX.name).as_numpy()
-                limits = check_thresholds(
-                    raw.shape[0],
-                    _optional(request, spec.CONF_THRESHOLD.name),
-                    _optional(request, spec.IOU_THRESHOLD.name),
-                    _optional(request, spec.MAX_DETECTIONS.name),
-                )
-                multi = check_flags(spec.MULTI_LABEL.name, _optional(request, spec.MULTI_LABEL.name), raw.shape[0])
+                limits, multi = request_options(lambda name, r=request: _optional(r, name), raw.shape[0])
                 out = postprocess_batch(raw, lb, limits, multi)
                 responses.append(pb_utils.InferenceResponse(
                     [pb_utils.Tensor(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]

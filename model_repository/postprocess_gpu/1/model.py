@@ -13,39 +13,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import spec, torch_ops  # noqa: E402
+from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
 from yolo_triton.postprocess import pad_batch  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, check_flags, check_thresholds  # noqa: E402
+from yolo_triton.validation import InputError, request_options  # noqa: E402
 
-
-def _host(t) -> np.ndarray:  # noqa: ANN001 - pb_utils.Tensor
-    """A small tensor as NumPy wherever Triton placed it (it may be on the GPU).
-
-    Tensors cross the python-backend boundary by DLPack only, in both directions: the stub's
-    NumPy path (`as_numpy`, `pb_utils.Tensor(name, ndarray)`) is compiled against NumPy 1 and
-    reads wrong strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub).
-    """
-    return from_dlpack(t.to_dlpack()).cpu().numpy()
-
-
-def _output(name: str, array: np.ndarray):  # noqa: ANN202 - pb_utils.Tensor
-    """By DLPack. An empty array is re-made in torch: NumPy gives zero-size arrays all-zero strides,
-    which the stub's C-order check rejects."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    return pb_utils.Tensor.from_dlpack(name, t if array.size else torch.empty(array.shape, dtype=t.dtype))
-
-
-def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return None if t is None else _host(t)
+OPTIONS = [t.name for t in spec.ENSEMBLE_INPUTS if t.optional]
 
 
 class TritonPythonModel:
@@ -66,18 +45,11 @@ class TritonPythonModel:
             try:
                 raw_t = pb_utils.get_input_tensor_by_name(request, spec.RAW.name)
                 n = raw_t.shape()[0]
-                lim = check_thresholds(
-                    n,
-                    _optional(request, spec.CONF_THRESHOLD.name),
-                    _optional(request, spec.IOU_THRESHOLD.name),
-                    _optional(request, spec.MAX_DETECTIONS.name),
-                )
-                flags = check_flags(spec.MULTI_LABEL.name, _optional(request, spec.MULTI_LABEL.name), n)
+                lim, flags = request_options(pb_io.optionals(pb_utils, request, OPTIONS).__getitem__, n)
             except InputError as e:
                 responses[i] = error_response(pb_utils, e)
                 continue
-            raw = from_dlpack(raw_t.to_dlpack())
-            raws.append(raw if raw.is_cuda else raw.to(self.device))
+            raws.append(pb_io.on_device(raw_t, self.device))
             lbs.append(from_dlpack(pb_utils.get_input_tensor_by_name(request, spec.LETTERBOX.name).to_dlpack()))
             limits += lim
             multi += flags
@@ -91,7 +63,7 @@ class TritonPythonModel:
             for i, n in owners:
                 out = pad_batch(dets[start : start + n])
                 responses[i] = pb_utils.InferenceResponse(
-                    [_output(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
+                    [pb_io.output(pb_utils, t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
                 )
                 start += n
         return responses

@@ -32,14 +32,11 @@ class TritonPythonModel:
         for request in requests:
             try:
                 images = check_images(pb_utils.get_input_tensor_by_name(request, spec.IMAGE.name).as_numpy())
-                n = images.shape[0]
-                canvases = self._canvas[:n]
-                boxes = [geometry.letterbox(img, self.size, out=canvases[i])[1].as_array()
-                         for i, img in enumerate(images)]
-                pixels = geometry.to_pixels(canvases)
+                canvases = self._canvas[: images.shape[0]]
+                rows = geometry.letterbox_into(images, canvases)
                 responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor(spec.PIXELS.name, pixels),
-                    pb_utils.Tensor(spec.LETTERBOX.name, np.stack(boxes)),
+                    pb_utils.Tensor(spec.PIXELS.name, geometry.to_pixels(canvases)),
+                    pb_utils.Tensor(spec.LETTERBOX.name, rows),
                 ]))
             except InputError as e:
                 responses.append(error_response(pb_utils, e))

@@ -3,9 +3,9 @@
 Same contract as `preprocess` (IMAGE uint8 [B,H,W,3] in; `images` float32 [B,3,S,S] and LETTERBOX
 out) but the pixels never touch NumPy: an image arriving in host memory is uploaded once, one
 arriving in GPU memory (CUDA shared memory, or an upstream GPU step) is used in place, and the
-letterbox runs in torch (`torch_ops.letterbox_batch`) for all images of one size at once, across
-the requests the dynamic batcher grouped. The letterbox geometry is `geometry.plan`, computed on
-the host from the shape alone. Both outputs leave as GPU tensors by DLPack.
+letterbox runs in torch (`torch_ops.letterbox_many`), one pass for consecutive requests of one
+image size. The letterbox geometry is `geometry.plan`, computed on the host from the shape
+alone. Both outputs leave as GPU tensors by DLPack.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import from_dlpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import geometry, spec, torch_ops  # noqa: E402
+from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
 from yolo_triton.validation import InputError  # noqa: E402
 
@@ -38,45 +36,31 @@ class TritonPythonModel:
             torch_ops.letterbox_batch(torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=self.device), self.size)
         torch.cuda.synchronize(self.device)
 
-    def _image(self, request) -> torch.Tensor:  # noqa: ANN001
-        t = pb_utils.get_input_tensor_by_name(request, spec.IMAGE.name)
-        torch_ops.check_image_shape(t.shape())
-        x = from_dlpack(t.to_dlpack())
-        return x if x.is_cuda else x.to(self.device)
-
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        batches, owners = [], []
         with torch.inference_mode():
             for i, request in enumerate(requests):
                 try:
-                    x = self._image(request)
-                    groups.setdefault((x.shape[1], x.shape[2]), []).append((i, x))
+                    t = pb_utils.get_input_tensor_by_name(request, spec.IMAGE.name)
+                    torch_ops.check_image_shape(t.shape())
                 except InputError as e:
                     responses[i] = error_response(pb_utils, e)
-            outputs: dict[int, torch.Tensor] = {}
-            rows: dict[int, np.ndarray] = {}
-            for (h, w), items in groups.items():
-                images = items[0][1] if len(items) == 1 else torch.cat([x for _, x in items])
-                pixels = torch_ops.letterbox_batch(images, self.size)
-                lb = geometry.plan(h, w, self.size).as_array()
-                start = 0
-                for i, x in items:
-                    n = x.shape[0]
-                    outputs[i] = pixels[start : start + n]
-                    rows[i] = np.repeat(lb[None], n, axis=0)
-                    start += n
-            if rows:
-                # LETTERBOX leaves by DLPack too (never the stub's NumPy path: see postprocess_gpu),
+                    continue
+                batches.append(pb_io.on_device(t, self.device))
+                owners.append(i)
+            if batches:
+                total = sum(b.shape[0] for b in batches)
+                pixels = torch.empty((total, 3, self.size, self.size), dtype=torch.float32, device=self.device)
+                # LETTERBOX leaves by DLPack too (never the stub's NumPy path: yolo_triton.pb_io),
                 # on the GPU like `images`, in one small upload for the whole batch.
-                order = sorted(rows)
-                lbs = torch.from_numpy(np.concatenate([rows[i] for i in order])).to(self.device)
+                rows = torch.from_numpy(torch_ops.letterbox_many(batches, self.size, pixels)).to(self.device)
                 start = 0
-                for i in order:
-                    n = rows[i].shape[0]
+                for i, b in zip(owners, batches):
+                    n = b.shape[0]
                     responses[i] = pb_utils.InferenceResponse([
-                        pb_utils.Tensor.from_dlpack(spec.PIXELS.name, outputs[i]),
-                        pb_utils.Tensor.from_dlpack(spec.LETTERBOX.name, lbs[start : start + n]),
+                        pb_utils.Tensor.from_dlpack(spec.PIXELS.name, pixels[start : start + n]),
+                        pb_utils.Tensor.from_dlpack(spec.LETTERBOX.name, rows[start : start + n]),
                     ])
                     start += n
             torch.cuda.current_stream(self.device).synchronize()  # outputs complete before Triton reads them

@@ -1,0 +1,76 @@
+"""Triton python model `pipeline_gpu`: the whole GPU pipeline in one execute(), served as `yolov8n_gpu_fused`.
+
+The ensemble interface, run by `pipeline_gpu.GpuPipeline`: images (in GPU memory when the client
+uses CUDA shared memory, uploaded once otherwise) are letterboxed straight into the CUDA graph's
+FP16 input, the network replays, and one batched NMS runs for every image of the batch; only the
+kept boxes come to the host. Same functions as the `yolov8n_gpu` ensemble's three steps, one
+Triton<->stub hop instead of three. Loads `detector_torch`'s TorchScript artefact.
+
+Without a usable GPU, initialize() raises with the reason: Triton marks this model unavailable
+and keeps serving everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
+
+from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
+from yolo_triton.triton_errors import error_response  # noqa: E402
+from yolo_triton.validation import InputError, request_options  # noqa: E402
+
+OPTIONS = [t.name for t in spec.ENSEMBLE_INPUTS if t.optional]
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        if not torch.cuda.is_available():
+            raise pb_utils.TritonModelException("pipeline_gpu needs a CUDA GPU and none is visible to torch")
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        path = Path(args["model_repository"]).parent / params["artefact_model"] / "1" / params["artefact"]
+        if not path.exists():
+            raise pb_utils.TritonModelException(f"{path} missing: run `make build-engines` on this machine")
+        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
+        torch.cuda.set_device(self.device)
+        from yolo_triton.pipeline_gpu import GpuPipeline
+
+        buckets = [int(b) for b in params["cuda_graph_batches"].split(",") if int(b) <= int(config["max_batch_size"])]
+        try:
+            self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets)
+        except (ValueError, RuntimeError) as e:  # wrong artefact, or a CUDA graph that failed its check
+            raise pb_utils.TritonModelException(str(e)) from None
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        batches, limits, multi, owners = [], [], [], []
+        with torch.inference_mode():
+            for i, request in enumerate(requests):
+                try:
+                    t = pb_utils.get_input_tensor_by_name(request, spec.IMAGE.name)
+                    torch_ops.check_image_shape(t.shape())
+                    options = pb_io.optionals(pb_utils, request, OPTIONS)
+                    lim, flags = request_options(options.__getitem__, t.shape()[0])
+                except InputError as e:
+                    responses[i] = error_response(pb_utils, e)
+                    continue
+                batches.append(pb_io.on_device(t, self.device))
+                limits.append(lim)
+                multi.append(flags)
+                owners.append(i)
+            if batches:
+                fallbacks = self.pipeline.eager_fallbacks
+                for i, out in zip(owners, self.pipeline(batches, limits, multi)):
+                    responses[i] = pb_utils.InferenceResponse(
+                        [pb_io.output(pb_utils, t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
+                    )
+                if self.pipeline.eager_fallbacks > fallbacks:
+                    pb_utils.Logger.log_warn("pipeline_gpu: a CUDA graph replay was not finite; answered with the "
+                                             f"eager network ({self.pipeline.eager_fallbacks} times so far)")
+        return responses

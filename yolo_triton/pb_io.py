@@ -1,0 +1,65 @@
+"""Python-backend tensors in and out of torch by DLPack, for the GPU models.
+
+Tensors cross the stub boundary by DLPack only, host tensors included: the stub's NumPy path
+(`as_numpy`, `pb_utils.Tensor(name, ndarray)`) is compiled against NumPy 1 and reads wrong
+strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub; docs/gpu.md).
+`pb_utils` is passed in because it exists only inside the stub.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.dlpack import from_dlpack
+
+
+def host(t: Any) -> np.ndarray:  # noqa: ANN401 - pb_utils.Tensor
+    """A small tensor as NumPy wherever Triton placed it (it may be on the GPU)."""
+    return from_dlpack(t.to_dlpack()).cpu().numpy()
+
+
+def on_device(t: Any, device: torch.device) -> torch.Tensor:  # noqa: ANN401 - pb_utils.Tensor
+    """A tensor on `device`: used in place when Triton placed it there (CUDA shared memory or an
+    upstream GPU step), uploaded once otherwise."""
+    x = from_dlpack(t.to_dlpack())
+    return x if x.device == device else x.to(device)
+
+
+def optionals(pb_utils: ModuleType, request: Any, names: list[str]) -> dict[str, np.ndarray | None]:  # noqa: ANN401
+    """Several small inputs of one request on the host, with at most one device-to-host copy.
+
+    A client using CUDA shared memory (perf_analyzer does) puts the thresholds in GPU memory
+    too; copying each separately would cost a synchronisation apiece. float64 holds every
+    value of the small dtypes exactly, and each array gets its own dtype back.
+    """
+    out: dict[str, np.ndarray | None] = {}
+    on_gpu: list[tuple[str, torch.Tensor]] = []
+    for name in names:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            out[name] = None
+            continue
+        x = from_dlpack(t.to_dlpack())
+        if x.is_cuda:
+            on_gpu.append((name, x))
+        else:
+            out[name] = x.numpy()
+    if on_gpu:
+        flat = torch.cat([x.reshape(-1).to(torch.float64) for _, x in on_gpu]).cpu().numpy()
+        start = 0
+        for name, x in on_gpu:
+            n = x.numel()
+            dtype = torch.empty(0, dtype=x.dtype).numpy().dtype
+            out[name] = flat[start : start + n].astype(dtype).reshape(tuple(x.shape))
+            start += n
+    return out
+
+
+def output(pb_utils: ModuleType, name: str, array: np.ndarray) -> Any:  # noqa: ANN401 - pb_utils.Tensor
+    """A host output by DLPack. An empty array is re-made in torch: NumPy gives zero-size arrays
+    all-zero strides, which the stub's C-order check rejects."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    return pb_utils.Tensor.from_dlpack(name, t if array.size else torch.empty(array.shape, dtype=t.dtype))

@@ -1,0 +1,96 @@
+"""The GPU pipeline in one call: letterbox, FP16 network from CUDA graphs, decode + batched NMS.
+
+This is what the fused model `yolov8n_gpu_fused` runs in a single execute(). The steps are the
+ensemble's own functions (`torch_ops.letterbox_many`, `GraphedNetwork`, `torch_ops.postprocess_batch`);
+what fusing removes is the glue between them: two Triton<->stub hops with their copies and
+synchronisations, two ensemble steps, and the FP32 network input, because images are letterboxed
+straight into the CUDA graph's FP16 input buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yolo_triton import torch_ops
+from yolo_triton.nms import Detections
+from yolo_triton.postprocess import pad_batch
+
+Limits = list[tuple[float, float, int]]
+STAGES = ("letterbox", "network", "nms")
+
+
+class GpuPipeline:
+    """Letterbox -> network -> NMS for a batch of requests, on one GPU."""
+
+    def __init__(self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int]) -> None:
+        torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: let cudnn pick the fastest kernels
+        net, facts = torch_ops.load_network(str(artefact), device, half=True)
+        if facts and int(facts["imgsz"]) != imgsz:
+            raise ValueError(f"{artefact} was traced for imgsz {facts['imgsz']} but the config says {imgsz}: "
+                             "rebuild the repository")
+        self.imgsz, self.device = imgsz, device
+        self.times: dict[str, float] | None = None  # per-stage seconds, when profiling (benchmarks)
+        self.eager_fallbacks = 0
+        with torch.inference_mode():
+            # Every eager op runs once before any graph is captured: first calls load kernels and
+            # create library handles and workspaces, and in one process with captured graphs that
+            # lazy set-up coincided with replays returning NaN (H200, torch 2.11).
+            frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=device)
+            pixels = torch.empty((2, 3, imgsz, imgsz), dtype=torch.float16, device=device)
+            rows = torch_ops.letterbox_many([frame, frame], imgsz, pixels)
+            raw = net(pixels).float()
+            noisy = torch.rand_like(raw)  # candidates for every NMS path
+            torch_ops.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
+            torch_ops.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
+            torch_ops.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
+        self.eager = net
+        self.net = torch_ops.GraphedNetwork(net, imgsz, device, torch.float16, buckets)
+        self.net.check(net)
+        self.max_batch = self.net.buckets[-1]
+        with torch.inference_mode():  # the whole path once more, graphs included
+            self([frame], [[(0.25, 0.7, 300)]], [[False]])
+            if self.max_batch > 1:
+                self([frame, frame], [[(0.0, 0.6, 10)], [(0.5, 0.7, 20)]], [[True], [False]])
+        torch.cuda.synchronize(device)
+
+    def _mark(self, stage: str, t0: float) -> float:
+        if self.times is None:
+            return t0
+        torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.times[stage] = self.times.get(stage, 0.0) + now - t0
+        return now
+
+    def __call__(
+        self, batches: Sequence[torch.Tensor], limits: Sequence[Limits], multi: Sequence[list[bool]]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """One response's (BOXES, SCORES, CLASSES, NUM_DETECTIONS) per request.
+
+        `batches` are uint8 NHWC images on this GPU, one tensor per request; `limits` and `multi`
+        hold per-image options, checked by the caller (validation.request_options).
+        """
+        total = sum(b.shape[0] for b in batches)
+        if total > self.max_batch:  # the config's max_batch_size is the largest graph: cannot happen
+            raise ValueError(f"{total} images in one execute exceed the largest CUDA graph ({self.max_batch})")
+        t = time.perf_counter()
+        rows = torch_ops.letterbox_many(batches, self.imgsz, self.net.static_in)
+        t = self._mark("letterbox", t)
+        raw = self.net.run_static(total).float()  # a copy: the graph's output is overwritten by the next replay
+        if not bool(torch.isfinite(raw).all()):  # one synchronisation; a broken replay must never answer
+            self.eager_fallbacks += 1
+            raw = self.eager(self.net.static_in[:total]).float()
+        t = self._mark("network", t)
+        flat_limits = [x for per in limits for x in per]
+        flat_multi = [x for per in multi for x in per]
+        dets: list[Detections] = torch_ops.postprocess_batch(raw, rows, flat_limits, flat_multi)
+        out, start = [], 0
+        for b in batches:
+            out.append(pad_batch(dets[start : start + b.shape[0]]))
+            start += b.shape[0]
+        self._mark("nms", t)
+        return out
