@@ -4,13 +4,20 @@
 
 Measures, in one run on this machine and on the same image:
   (a) the raw ONNX model in ONNX Runtime (same session options as the served detector):
-      batch-1 latency, and throughput at the best batch size;
-  (b) the served ensemble end to end at concurrency 1 (gRPC client latency);
-  (c) the served ensemble at saturation (many requests in flight, several images per request);
+      batch-1 latency, and throughput at the best batch size (found first);
+  (b) the served pipeline end to end at concurrency 1 (gRPC client latency), for the staged
+      ensemble `yolov8n_ort` and the fused `yolov8n_ort_fused` (one python model);
+  (c) both at saturation (several requests in flight, several images per request);
   (d) Ultralytics' own predict pipeline with the same ONNX model.
 Served figures are taken twice: with the pixels in system shared memory (a client on the
 server's host; the ratios use these) and inside the gRPC message (a remote client).
-Ends with `latency_ratio=<served c1 / raw>` and `throughput_ratio=<served / raw>`.
+On two shared cores one figure drifts by 10-20% from minute to minute, so every figure is
+measured in each of --rounds interleaved rounds and the medians are pooled: a drift hits all
+figures alike instead of whichever happened to run during it.
+Ends with `latency_ratio=<served c1 / raw>` and `throughput_ratio=<served / raw>`, each for
+the better served path for that figure (named on the line before): on two cores the fused
+model answers one request sooner, while the staged ensemble overlaps one batch's letterbox/NMS
+with the next one's network.
 """
 
 from __future__ import annotations
@@ -34,44 +41,36 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 2, 4, 8, 16)
 
 
-def _median_ms(fn, seconds: float, min_runs: int = 5) -> float:  # noqa: ANN001
-    fn()  # warm
+def _samples_ms(fn, seconds: float, min_runs: int = 3) -> list[float]:  # noqa: ANN001
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(times) < min_runs:
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return times
 
 
-def raw_model(onnx: Path, image: np.ndarray, size: int, seconds: float) -> tuple[float, dict[int, float]]:
-    """(batch-1 latency ms, {batch: images/s}) for ONNX Runtime alone on already-letterboxed input."""
-    session = make_session(onnx)
-    canvas, _ = geometry.letterbox(image, size)
-    one = geometry.to_pixels(canvas[None])
-    lat = _median_ms(lambda: session.run([spec.RAW.name], {spec.PIXELS.name: one}), seconds)
+def raw_batch_rates(run, one: np.ndarray, seconds: float) -> dict[int, float]:  # noqa: ANN001
+    """{batch: images/s} for ONNX Runtime alone on already-letterboxed input: finds the best batch."""
     rates = {}
     for b in BATCHES:
         x = np.repeat(one, b, axis=0)
-        ms = _median_ms(lambda x=x: session.run([spec.RAW.name], {spec.PIXELS.name: x}), seconds / 2, 3)
+        run(x)  # warm
+        ms = statistics.median(_samples_ms(lambda x=x: run(x), seconds / len(BATCHES)))
         rates[b] = b / ms * 1e3
         print(f"  raw batch {b:>2}: {ms:8.2f} ms  {rates[b]:7.1f} img/s", flush=True)
-    return lat, rates
-
-
-def served_latency(url: str, image: np.ndarray, seconds: float, shared_memory: bool) -> float:
-    with DetectorClient(url, timeout_s=60, shared_memory=shared_memory) as c:
-        return _median_ms(lambda: c.detect(image), seconds)
+    return rates
 
 
 def served_throughput(
-    url: str, image: np.ndarray, per_request: int, in_flight: int, seconds: float, shared_memory: bool
+    url: str, image: np.ndarray, per_request: int, in_flight: int, seconds: float, shared_memory: bool,
+    model: str = spec.ALIAS,
 ) -> float:
     """Images/s with `in_flight` async requests of `per_request` images kept outstanding.
 
     With shared memory every request reads the same registered region (the same images)."""
-    with DetectorClient(url, timeout_s=120) as c:
+    with DetectorClient(url, model=model, timeout_s=120) as c:
         batch = np.repeat(image[None], per_request, axis=0)
         region = ShmRegion.create(c.client, batch.nbytes) if shared_memory else None
         inputs = build_inputs(batch, image_input=region.input(batch) if region else None)
@@ -116,15 +115,12 @@ def served_throughput(
         return count[0] / elapsed
 
 
-def ultralytics_predict(onnx: Path, image: np.ndarray, size: int, seconds: float) -> tuple[float, float]:
-    """(latency ms, images/s over batches of 8) for YOLO(model.onnx).predict."""
-    from ultralytics import YOLO
-
-    model = YOLO(str(onnx), task="detect")
-    predict = lambda ims: model.predict(ims, imgsz=size, rect=False, verbose=False)  # noqa: E731
-    lat = _median_ms(lambda: predict(image), seconds)
-    ms8 = _median_ms(lambda: predict([image] * 8), seconds / 2, 3)
-    return lat, 8 / ms8 * 1e3
+def _pooled(rounds: list[dict[str, list[float]]]) -> dict[str, float]:
+    out: dict[str, list[float]] = {}
+    for r in rounds:
+        for k, v in r.items():
+            out.setdefault(k, []).extend(v)
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=None)
     ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--image", type=Path, default=ROOT / "assets" / "samples" / "bus.jpg")
-    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure (split over the rounds)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds: every figure is measured in each")
     ap.add_argument("--per-request", type=int, default=4, help="images per request at saturation")
     ap.add_argument("--in-flight", type=int, default=4, help="requests outstanding at saturation")
     args = ap.parse_args(argv)
@@ -155,37 +152,68 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-cpu: cannot read {args.image}", file=sys.stderr)
         return 2
     h, w = image.shape[:2]
-    print(f"bench-cpu: {facts.source}, imgsz {facts.imgsz}, image {args.image.name} {w}x{h}", flush=True)
+    print(f"bench-cpu: {facts.source}, imgsz {facts.imgsz}, image {args.image.name} {w}x{h}, "
+          f"{args.rounds} interleaved rounds", flush=True)
 
-    print("(a) raw ONNX Runtime model", flush=True)
-    raw_lat, raw_rates = raw_model(onnx, image, facts.imgsz, args.seconds)
+    print("(a) raw ONNX Runtime model, batch sizes", flush=True)
+    session = make_session(onnx)
+    canvas, _ = geometry.letterbox(image, facts.imgsz)
+    one = geometry.to_pixels(canvas[None])
+    run_raw = lambda x: session.run([spec.RAW.name], {spec.PIXELS.name: x})  # noqa: E731
+    raw_rates = raw_batch_rates(run_raw, one, args.seconds)
     best_b = max(raw_rates, key=raw_rates.get)
+    best = np.repeat(one, best_b, axis=0)
+    from ultralytics import YOLO
 
-    print("(d) Ultralytics predict, same ONNX model", flush=True)
-    ul_lat, ul_rate = ultralytics_predict(onnx, image, facts.imgsz, args.seconds)
-
-    with Server(repo, log=ROOT / "runs" / "bench-cpu" / "tritonserver.log", only=["ort"]) as server:
-        print(f"(b) served ensemble ({server.plan.alias.ensemble}), concurrency 1, pixels in the gRPC message",
-              flush=True)
-        grpc_lat = served_latency(server.url, image, args.seconds, shared_memory=False)
-        print("(b) served ensemble, concurrency 1, pixels in system shared memory", flush=True)
-        served_lat = served_latency(server.url, image, args.seconds, shared_memory=True)
-        print(f"(c) served ensemble at saturation ({args.in_flight} requests x {args.per_request} images in flight, "
-              "shared memory)", flush=True)
-        served_rate = served_throughput(server.url, image, args.per_request, args.in_flight, args.seconds, True)
-        grpc_rate = served_throughput(server.url, image, args.per_request, args.in_flight, args.seconds, False)
+    ul = YOLO(str(onnx), task="detect")
+    predict = lambda ims: ul.predict(ims, imgsz=facts.imgsz, rect=False, verbose=False)  # noqa: E731
+    predict(image)
+    models = [spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble]
+    slot = args.seconds / args.rounds
+    lat_rounds, rate_rounds = [], []
+    with Server(repo, log=ROOT / "runs" / "bench-cpu" / "tritonserver.log", only=["ort", "ort_fused"]) as server:
+        clients = {(m, shm): DetectorClient(server.url, model=m, timeout_s=60, shared_memory=shm)
+                   for m in models for shm in (True, False)}
+        for c in clients.values():
+            c.detect(image)
+        for r in range(args.rounds):
+            print(f"  round {r + 1}/{args.rounds}: (a) raw, (b) served c1, (c) served saturated, (d) Ultralytics",
+                  flush=True)
+            lat: dict[str, list[float]] = {"raw": _samples_ms(lambda: run_raw(one), slot)}
+            rate = {"raw": [best_b / ms * 1e3 for ms in _samples_ms(lambda: run_raw(best), slot)]}
+            for (m, shm), c in clients.items():
+                lat[f"{m}|{shm}"] = _samples_ms(lambda c=c: c.detect(image), slot)
+                rate[f"{m}|{shm}"] = [served_throughput(server.url, image, args.per_request, args.in_flight, slot,
+                                                        shm, model=m)]
+            lat["ultralytics"] = _samples_ms(lambda: predict(image), slot)
+            rate["ultralytics"] = [8 / ms * 1e3 for ms in _samples_ms(lambda: predict([image] * 8), slot)]
+            lat_rounds.append(lat)
+            rate_rounds.append(rate)
+        for c in clients.values():
+            c.close()
+    lat_ms, rates = _pooled(lat_rounds), _pooled(rate_rounds)
 
     print()
-    print(f"{'':<44}{'latency ms':>12}{'img/s':>10}")
-    label = f"(a) raw ONNX Runtime (batch 1 / best batch {best_b})"
-    print(f"{label:<44}{raw_lat:>12.2f}{raw_rates[best_b]:>10.1f}")
-    print(f"{'(b,c) served, shared memory (c1 / saturated)':<44}{served_lat:>12.2f}{served_rate:>10.1f}")
-    print(f"{'(b,c) served, pixels over gRPC (c1 / saturated)':<44}{grpc_lat:>12.2f}{grpc_rate:>10.1f}")
-    print(f"{'(d) Ultralytics predict (1 image / batch 8)':<44}{ul_lat:>12.2f}{ul_rate:>10.1f}")
+    print(f"{'':<58}{'latency ms':>12}{'img/s':>10}")
+    print(f"{f'(a) raw ONNX Runtime (batch 1 / best batch {best_b})':<58}{lat_ms['raw']:>12.2f}{rates['raw']:>10.1f}")
+    for m in models:
+        for shm in (True, False):
+            label = f"(b,c) {m}, {'shared memory' if shm else 'pixels over gRPC'} (c1 / saturated)"
+            print(f"{label:<58}{lat_ms[f'{m}|{shm}']:>12.2f}{rates[f'{m}|{shm}']:>10.1f}")
+    label = "(d) Ultralytics predict (1 image / batch 8)"
+    print(f"{label:<58}{lat_ms['ultralytics']:>12.2f}{rates['ultralytics']:>10.1f}")
     print()
-    print(f"served vs Ultralytics: latency {ul_lat / served_lat:.2f}x faster, throughput {served_rate / ul_rate:.2f}x")
-    print(f"latency_ratio={served_lat / raw_lat:.3f}")
-    print(f"throughput_ratio={served_rate / raw_rates[best_b]:.3f}")
+    for m in models:
+        k = f"{m}|True"
+        print(f"{m} (shared memory): latency_ratio {lat_ms[k] / lat_ms['raw']:.3f}, throughput_ratio "
+              f"{rates[k] / rates['raw']:.3f}; vs Ultralytics: latency {lat_ms['ultralytics'] / lat_ms[k]:.2f}x "
+              f"faster, throughput {rates[k] / rates['ultralytics']:.2f}x")
+    fast = min(models, key=lambda m: lat_ms[f"{m}|True"])
+    wide = max(models, key=lambda m: rates[f"{m}|True"])
+    print(f"last two lines: latency of {fast}, throughput of {wide} (image in system shared memory; each "
+          "the better served path for that figure, both served by this server)")
+    print(f"latency_ratio={lat_ms[f'{fast}|True'] / lat_ms['raw']:.3f}")
+    print(f"throughput_ratio={rates[f'{wide}|True'] / rates['raw']:.3f}")
     return 0
 
 

@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             if url:
                 params, gflops, source = served_size(args.repo, served_imgsz, nc)
                 for model in server["variants"]:
+                    if pt.variant_of(model).fused:  # one model for all three stages: nothing to split
+                        print(f"compare: {model} skipped (fused: no per-stage times; `make bench-cpu` measures it)")
+                        continue
                     rows.append(measure_served(url, model, samples, repeats, warmup, served_imgsz, params, gflops,
                                                source))
     except (LaunchError, pt.PerfToolError, ServerError, InputError) as e:

@@ -85,7 +85,7 @@ def stage_rows(before: dict, after: dict, model: str, variant: spec.Variant, cli
     models (queue + compute), the rest of the request's time inside the server (ensemble
     scheduling, tensor hand-over between steps), and the time outside the server (gRPC transfer
     and (de)serialisation of the photo, the client itself)."""
-    steps = {variant.preprocess: "preprocess", variant.detector: "detector", variant.postprocess: "postprocess"}
+    steps = variant.stages or {variant.pipeline: "pipeline"}  # a fused variant: one model does all three
     snap_before, snap_after = stats.snapshot(before), stats.snapshot(after)
     rows = []
     for st in stats.diff(snap_before, snap_after, list(steps)):

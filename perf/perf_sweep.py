@@ -143,7 +143,10 @@ def composing_rows(raw: Path, csv_name: str, roles: dict[str, str]) -> list[dict
 
 def stats_rows(before: dict, after: dict, roles: dict[str, str]) -> list[dict]:
     """Fallback when perf_analyzer wrote no composing-model CSV: Triton's statistics diffed
-    around the run (all of its requests, not only the measured window)."""
+    around the run (all of its requests, not only the measured window). A fused variant has no
+    stages: one model does all three."""
+    if not roles:
+        return []
     rows = []
     for st in stats.diff(before, after, list(roles)):
         ms = {p: st.ms[p] for p in stats.PHASES}
@@ -206,6 +209,10 @@ class Runner:
         tag = f"{model}_{'c' if mode == 'concurrency' else 'r'}{load:g}"
         fixed = self.s.request_count and max(self.s.request_count, 2 * int(load))
         rc, text, csv_name, before, after = self._invoke(level, tag, fixed)
+        if rc == 124:  # perf_analyzer 2.51 was seen to hang in request-rate mode with a small request count
+            print(f"perf: {model}, {level.label}: perf_analyzer timed out after {self.s.timeout_s:.0f} s; "
+                  "measuring once more", flush=True)
+            rc, text, csv_name, before, after = self._invoke(level, tag, fixed)
         stable = True
         if rc != 0 and UNSTABLE in text and not fixed:
             # a shared or busy machine may never give three windows within the tolerance:
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-trials", type=int, default=5, help="windows before a level counts as unstable")
     ap.add_argument("--request-count", type=int, default=0,
                     help="one measurement over this many requests per level, no stability search (--quick: 8)")
-    ap.add_argument("--timeout", type=float, default=600, help="seconds per perf_analyzer run")
+    ap.add_argument("--timeout", type=float, default=0,
+                    help="seconds per perf_analyzer run before it is retried once (default 600, --quick 60)")
     pt.add_target_args(ap, "perf", "a few seconds per level (tests, smoke checks)")
     args = ap.parse_args(argv)
 
@@ -328,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = [int(c) for c in concurrency]
     fractions = args.rate_fractions or ([0.5] if args.quick else [0.25, 0.5, 0.75, 1.0])
     request_count = args.request_count or (8 if args.quick else 0)
+    timeout = args.timeout or (60 if args.quick else 600)
     settings = Settings(request_count, args.window_requests, args.stability, args.max_trials, args.distribution,
-                        args.timeout)
+                        timeout)
     try:
         pa_version = pt.perf_analyzer_version()
         samples = pt.sample_images(args.images)

@@ -240,3 +240,15 @@ def test_sample_images_are_photos_of_several_sizes():
     assert len(quick) == 3 and len({s.image.shape for s in quick}) == 3
     bus = next(s for s in samples if s.name == "bus.jpg")
     assert bus.image.shape == (1080, 810, 3)
+
+
+def test_bench_cpu_prints_every_figure_and_the_ratios(repo):
+    """`make bench-cpu` in its shortest form: one round, a fraction of a second per figure. It
+    starts its own server on the session's repository; only the output's shape is checked."""
+    out = run_tool("bench_cpu.py", "--repo", str(repo), "--seconds", "0.5", "--rounds", "1", timeout=600).stdout
+    for label in ("(a) raw ONNX Runtime", spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble,
+                  "(d) Ultralytics predict"):
+        assert label in out, out[-3000:]
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("latency_ratio=") and lines[-1].startswith("throughput_ratio="), lines[-4:]
+    assert float(lines[-2].split("=")[1]) > 0 and float(lines[-1].split("=")[1]) > 0

@@ -23,5 +23,8 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     # sizes the arena kept growing in steps for minutes under load (a soak's "flat memory" failed);
     # without them the detector's memory stays flat, at the same speed (measured, batches 1-16).
     so.enable_mem_pattern = False
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle worker threads sleep instead of spinning: on a few cores a spinning pool takes the CPU
+    # the pipeline's letterbox/NMS and Triton's own threads need. YOLO_ORT_SPINNING=1 turns it on.
+    spinning = os.environ.get("YOLO_ORT_SPINNING", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "1" else "0")
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
