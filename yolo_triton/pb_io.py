@@ -16,11 +16,6 @@ import torch
 from torch.utils.dlpack import from_dlpack
 
 
-def host(t: Any) -> np.ndarray:  # noqa: ANN401 - pb_utils.Tensor
-    """A small tensor as NumPy wherever Triton placed it (it may be on the GPU)."""
-    return from_dlpack(t.to_dlpack()).cpu().numpy()
-
-
 def on_device(t: Any, device: torch.device) -> torch.Tensor:  # noqa: ANN401 - pb_utils.Tensor
     """A tensor on `device`: used in place when Triton placed it there (CUDA shared memory or an
     upstream GPU step), uploaded once otherwise."""
