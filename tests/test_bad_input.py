@@ -160,7 +160,6 @@ def test_missing_image_is_refused_not_hung(raw, client, reference, model):
     model's are checked before it runs."""
     with pytest.raises(InferenceServerException) as err:
         raw.infer(model, [scalar(spec.CONF_THRESHOLD, 0.5)], client_timeout=30)
-    print(err.value.message())
     assert err.value.status() == INVALID and model in err.value.message()
     assert_still_serving(client, reference)
 
