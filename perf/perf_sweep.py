@@ -144,9 +144,7 @@ def composing_rows(raw: Path, csv_name: str, roles: dict[str, str]) -> list[dict
 def stats_rows(before: dict, after: dict, roles: dict[str, str]) -> list[dict]:
     """Fallback when perf_analyzer wrote no composing-model CSV: Triton's statistics diffed
     around the run (all of its requests, not only the measured window). A fused variant has no
-    stages: one model does all three."""
-    if not roles:
-        return []
+    stages (no roles): one model does all three."""
     rows = []
     for st in stats.diff(before, after, list(roles)):
         ms = {p: st.ms[p] for p in stats.PHASES}

@@ -158,3 +158,19 @@ def test_multi_label_decode_matches_ultralytics_validator_nms():
     assert len(det.scores) == len(ref) == 300
     assert set(map(tuple, det.boxes.round(3).tolist())) != set(map(tuple, single.boxes.round(3).tolist()))
     _assert_equal_to_reference(det, ref)
+
+
+def test_stats_diff_selects_models_and_averages_per_request():
+    from yolo_triton import stats
+
+    def snap(count: int, executions: int, ns: int) -> dict:
+        phases = {p: {"ns": ns} for p in stats.PHASES}
+        return stats.snapshot({"model_stats": [{"name": "m", "execution_count": executions,
+                                                "inference_stats": {"success": {"count": count}, **phases}}]})
+
+    before, after = snap(10, 5, 1_000_000), snap(14, 7, 9_000_000)
+    (row,) = stats.diff(before, after)
+    assert (row.model, row.count, row.executions) == ("m", 4, 2)
+    assert row.ms == {p: 2.0 for p in stats.PHASES}  # 8 ms of each phase over 4 requests
+    assert stats.diff(before, after, []) == [], "an empty selection (a fused variant's stages) is no model"
+    assert stats.diff(before, after, ["other"]) == []

@@ -36,8 +36,9 @@ def snapshot(stats_json: dict) -> dict[str, dict]:
 
 
 def diff(before: dict[str, dict], after: dict[str, dict], models: list[str] | None = None) -> list[StageTime]:
+    """Per-model time between two snapshots, for `models` (None: every model; [] : none)."""
     rows = []
-    for name in models or sorted(after):
+    for name in sorted(after) if models is None else models:
         a, b = after.get(name), before.get(name, {})
         if a is None:
             continue
