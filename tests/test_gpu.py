@@ -236,6 +236,19 @@ def test_gpu_artefact_matches_the_onnx_export(repo, facts):
     assert np.abs(got[:, 4:] - want[:, 4:]).max() < 1e-4, "class scores"
 
 
+def test_served_network_refuses_an_artefact_of_another_size(repo, facts):
+    path = repo / GPU.detector / "1" / GPU.artefact
+    net = torch_ops.load_served_network(path, torch.device("cpu"), facts.imgsz)
+    assert next(net.parameters()).dtype == torch.float16
+    with pytest.raises(ValueError, match=f"traced for imgsz {facts.imgsz} but the config says 640"):
+        torch_ops.load_served_network(path, torch.device("cpu"), 640)
+
+
+def test_graph_buckets_follow_the_config():
+    assert torch_ops.graph_buckets("1,2,4,8,16,32,64", 16) == [1, 2, 4, 8, 16]
+    assert torch_ops.graph_buckets("", spec.MAX_BATCH) == list(torch_ops.BUCKETS)
+
+
 def test_gpu_configs_keep_tensors_on_the_gpu(repo):
     configs = {m: repository.parse((repo / m / "config.pbtxt").read_text())
                for m in (GPU.preprocess, GPU.detector, GPU.postprocess)}

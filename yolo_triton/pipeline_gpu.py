@@ -28,11 +28,7 @@ class GpuPipeline:
     """Letterbox -> network -> NMS for a batch of requests, on one GPU."""
 
     def __init__(self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int]) -> None:
-        torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: let cudnn pick the fastest kernels
-        net, facts = torch_ops.load_network(str(artefact), device, half=True)
-        if facts and int(facts["imgsz"]) != imgsz:
-            raise ValueError(f"{artefact} was traced for imgsz {facts['imgsz']} but the config says {imgsz}: "
-                             "rebuild the repository")
+        net = torch_ops.load_served_network(artefact, device, imgsz)
         self.imgsz, self.device = imgsz, device
         self.times: dict[str, float] | None = None  # per-stage seconds, when profiling (benchmarks)
         self.eager_fallbacks = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -243,6 +244,23 @@ def load_network(path: str, device: torch.device, half: bool = True) -> tuple[to
     text = extra[FACTS_EXTRA]
     facts = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
     return (net.half() if half else net.float()), facts
+
+
+def load_served_network(path: Path | str, device: torch.device, imgsz: int) -> torch.nn.Module:
+    """`load_network` in FP16 as the GPU models serve it, with cudnn's autotuner on (every bucket
+    has fixed shapes); ValueError when the artefact was traced for another input size."""
+    torch.backends.cudnn.benchmark = True
+    net, facts = load_network(str(path), device, half=True)
+    if facts and int(facts["imgsz"]) != imgsz:
+        raise ValueError(f"{path} was traced for imgsz {facts['imgsz']} but the config says {imgsz}: "
+                         "rebuild the repository")
+    return net
+
+
+def graph_buckets(text: str, max_batch: int) -> list[int]:
+    """The config's `cuda_graph_batches` ("1,2,4,...") up to its max_batch_size (default: BUCKETS)."""
+    buckets = [int(b) for b in text.split(",") if b] or list(BUCKETS)
+    return [b for b in buckets if b <= max_batch]
 
 
 class GraphedNetwork:

@@ -39,14 +39,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{path} missing: run `make build-engines` on this machine")
         self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
         torch.cuda.set_device(self.device)
-        torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: let cudnn pick the fastest kernels
         imgsz = int(params["imgsz"])
-        net, facts = torch_ops.load_network(str(path), self.device, half=True)
-        if facts and int(facts["imgsz"]) != imgsz:
-            raise pb_utils.TritonModelException(
-                f"{path} was traced for imgsz {facts['imgsz']} but the config says {imgsz}: rebuild the repository")
-        buckets = [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b] or list(torch_ops.BUCKETS)
-        buckets = [b for b in buckets if b <= int(config["max_batch_size"])]
+        try:
+            net = torch_ops.load_served_network(path, self.device, imgsz)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
         self.net = torch_ops.GraphedNetwork(net, imgsz, self.device, torch.float16, buckets)
 
     def execute(self, requests: list) -> list:

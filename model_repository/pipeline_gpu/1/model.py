@@ -41,7 +41,7 @@ class TritonPythonModel:
         torch.cuda.set_device(self.device)
         from yolo_triton.pipeline_gpu import GpuPipeline
 
-        buckets = [int(b) for b in params["cuda_graph_batches"].split(",") if int(b) <= int(config["max_batch_size"])]
+        buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
         try:
             self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets)
         except (ValueError, RuntimeError) as e:  # wrong artefact, or a CUDA graph that failed its check
