@@ -22,6 +22,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
+from yolo_triton.pipeline_gpu import GpuPipeline  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
 from yolo_triton.validation import InputError, request_options  # noqa: E402
 
@@ -39,8 +40,6 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{path} missing: run `make build-engines` on this machine")
         self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
         torch.cuda.set_device(self.device)
-        from yolo_triton.pipeline_gpu import GpuPipeline
-
         buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
         try:
             self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets)
