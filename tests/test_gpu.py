@@ -219,7 +219,7 @@ def test_postprocess_batch_equals_cpu_postprocess():
 
 
 def test_gpu_artefact_matches_the_onnx_export(repo, facts):
-    """The TorchScript the GPU detector loads computes what the ONNX variants compute (FP32, CPU)."""
+    """The exported network the GPU detector loads computes what the ONNX variants compute (FP32, CPU)."""
     from yolo_triton.ort_session import make_session
 
     path = repo / GPU.detector / "1" / GPU.artefact
@@ -234,13 +234,16 @@ def test_gpu_artefact_matches_the_onnx_export(repo, facts):
     assert got.shape == want.shape == (x.shape[0], facts.num_outputs, facts.num_anchors)
     assert np.abs(got[:, :4] - want[:, :4]).max() < 0.01, "box coordinates (pixels)"
     assert np.abs(got[:, 4:] - want[:, 4:]).max() < 1e-4, "class scores"
+    with torch.no_grad():  # the batch axis is symbolic: any batch size, each image on its own
+        one = net(x[-1:]).numpy()
+    assert np.abs(one - got[-1:]).max() < 0.01
 
 
 def test_served_network_refuses_an_artefact_of_another_size(repo, facts):
     path = repo / GPU.detector / "1" / GPU.artefact
     net = torch_ops.load_served_network(path, torch.device("cpu"), facts.imgsz)
     assert next(net.parameters()).dtype == torch.float16
-    with pytest.raises(ValueError, match=f"traced for imgsz {facts.imgsz} but the config says 640"):
+    with pytest.raises(ValueError, match=f"exported for imgsz {facts.imgsz} but the config says 640"):
         torch_ops.load_served_network(path, torch.device("cpu"), 640)
 
 
@@ -308,6 +311,25 @@ def test_cuda_ops_match_numpy():
     cpu = torch_ops.letterbox_batch(torch.from_numpy(img)[None], 640)
     gpu = torch_ops.letterbox_batch(torch.from_numpy(img)[None].cuda(), 640).cpu()
     assert (cpu - gpu).abs().max() * 255 <= 1 + 1e-3
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_compiled_network_replays_what_the_exported_network_computes(repo, facts):
+    device = torch.device("cuda", 0)
+    net = torch_ops.load_served_network(repo / GPU.detector / "1" / GPU.artefact, device, facts.imgsz)
+    x = torch.cat([torch_ops.letterbox_batch(torch.from_numpy(im)[None].to(device), facts.imgsz)
+                   for im in sample_images().values()]).half()
+    with torch.inference_mode():
+        want = net(x).float()  # eager first: eager work first seen after a capture once broke replays
+        fast, note = torch_ops.compile_network(net, facts.imgsz)
+        assert note == "network compiled by TorchInductor"
+        graphed = torch_ops.GraphedNetwork(fast, facts.imgsz, device, torch.float16, (1, 8))
+        graphed.check(net)
+        got = graphed(x).float()
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= 0.02 * scale
+    assert float((got[:, 4:] - want[:, 4:]).abs().max()) <= 0.01, "class scores"
 
 
 def _served(url: str, model: str, image: np.ndarray, **kw) -> nms.Detections:
@@ -408,9 +430,9 @@ def test_gpu_concurrent_mixed_sizes_equal_single_requests(server, model):
         together = list(pool.map(lambda im: _served(server.url, model, im), images * 3))
     for got, want in zip(together, alone * 3):
         assert len(got.scores) == len(want.scores)
-        if len(want.scores):  # other batch sizes replay other graphs: FP16 rounding may move a box a hair
-            iou = iou_matrix(got.boxes, want.boxes)
-            assert iou.max(1).min() >= 0.99
+        if len(want.scores):  # other batch sizes replay other graphs, compiled apart: FP16 rounding
+            iou = iou_matrix(got.boxes, want.boxes)  # moved one box by 1.1% IoU (H200, 0.2 px at 320)
+            assert iou.max(1).min() >= 0.98
             assert np.array_equal(got.classes, want.classes)
     with DetectorClient(server.url) as c:
         stats = c.model_stats(GPU.detector if model == GPU.ensemble else FUSED.pipeline)["model_stats"][0]
@@ -439,7 +461,11 @@ def test_gpu_ensemble_rejects_bad_input_with_a_clear_error(server, model):
 @needs_cuda
 @pytest.mark.gpu
 def test_gpu_fused_equals_the_gpu_ensemble(server):
-    """Same letterbox, same graph, same NMS: the fused model's answers are the ensemble's."""
+    """Same letterbox, same network, same NMS: the fused model's answers are the ensemble's.
+
+    Up to FP16 rounding: each model compiles the network in its own process, and cudnn's autotuner
+    may pick other convolution kernels there (seen: one box edge 0.2 px apart, scores identical).
+    """
     images = list(sample_images().values()) + _validation_images(20)
     found = 0
     for image in images:
@@ -448,8 +474,9 @@ def test_gpu_fused_equals_the_gpu_ensemble(server):
             got = _served(server.url, FUSED.ensemble, image, **options)
             assert len(got.scores) == len(want.scores)
             np.testing.assert_array_equal(got.classes, want.classes)
-            np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
-            np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+            np.testing.assert_allclose(got.scores, want.scores, atol=2e-3)
+            if len(want.scores):
+                assert np.diag(iou_matrix(got.boxes, want.boxes)).min() >= 0.98
             found += len(want.scores)
     assert found > 50, "the comparison needs detections (the demo checkpoint)"
 

@@ -27,7 +27,9 @@ STAGES = ("letterbox", "network", "nms")
 class GpuPipeline:
     """Letterbox -> network -> NMS for a batch of requests, on one GPU."""
 
-    def __init__(self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int]) -> None:
+    def __init__(
+        self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int], compile: bool = True
+    ) -> None:
         net = torch_ops.load_served_network(artefact, device, imgsz)
         self.imgsz, self.device = imgsz, device
         self.times: dict[str, float] | None = None  # per-stage seconds, when profiling (benchmarks)
@@ -45,7 +47,8 @@ class GpuPipeline:
             torch_ops.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
             torch_ops.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
         self.eager = net
-        self.net = torch_ops.GraphedNetwork(net, imgsz, device, torch.float16, buckets)
+        fast, self.network_note = torch_ops.compile_network(net, imgsz, compile)
+        self.net = torch_ops.GraphedNetwork(fast, imgsz, device, torch.float16, buckets)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
         with torch.inference_mode():  # the whole path once more, graphs included

@@ -285,7 +285,7 @@ class Server:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"{host}:{self.ports.grpc}"
 
-    def start(self, timeout: float = 120.0) -> Server:
+    def start(self, timeout: float = 300.0) -> Server:
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()

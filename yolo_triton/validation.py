@@ -98,7 +98,7 @@ def check_flags(name: str, value: np.ndarray | bool | None, batch: int) -> list[
     flags = _scalar(name, value, batch)
     if flags is None:
         return [False] * batch
-    if not np.isin(flags, (0, 1)).all():
+    if not ((flags == 0) | (flags == 1)).all():  # np.isin costs ~30 us per call on a handful of values
         raise InputError(f"{name}: must be true or false, got {flags.tolist()}")
     return [bool(f) for f in flags]
 

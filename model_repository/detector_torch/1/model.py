@@ -1,10 +1,11 @@
 """Triton python model `detector_torch`: the YOLOv8 network in FP16 on the GPU, replayed from CUDA graphs.
 
 TensorRT is not available everywhere the project deploys, so the GPU detector is PyTorch: the
-TorchScript artefact from `make build-engines` (yolo_triton.gpu_export), cast to FP16, with one
-CUDA graph captured per batch-size bucket at load (`torch_ops.GraphedNetwork`), so neither the
-first request nor any later one pays for graph capture, cudnn's algorithm search or ~200 kernel
-launches. All requests of one execute() call form one batch (padded up to its bucket).
+exported network from `make build-engines` (yolo_triton.gpu_export), cast to FP16, compiled by
+TorchInductor (unless the config's `torch_compile` is 0), with one CUDA graph captured per
+batch-size bucket at load (`torch_ops.GraphedNetwork`), so neither the first request nor any later
+one pays for compilation, graph capture, cudnn's algorithm search or ~200 kernel launches.
+All requests of one execute() call form one batch (padded up to its bucket).
 
 Input `images` arrives as a GPU tensor from preprocess_gpu (FORCE_CPU_ONLY_INPUT_TENSORS=no) and
 `output0` leaves as one, by DLPack, in float32 as the ensemble interface declares.
@@ -45,7 +46,9 @@ class TritonPythonModel:
         except ValueError as e:
             raise pb_utils.TritonModelException(str(e)) from None
         buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
-        self.net = torch_ops.GraphedNetwork(net, imgsz, self.device, torch.float16, buckets)
+        fast, note = torch_ops.compile_network(net, imgsz, params.get("torch_compile", "1") != "0")
+        self.net = torch_ops.GraphedNetwork(fast, imgsz, self.device, torch.float16, buckets)
+        pb_utils.Logger.log_info(f"detector_torch: {note}")
 
     def execute(self, requests: list) -> list:
         with torch.inference_mode():

@@ -4,7 +4,8 @@ The ensemble interface, run by `pipeline_gpu.GpuPipeline`: images (in GPU memory
 uses CUDA shared memory, uploaded once otherwise) are letterboxed straight into the CUDA graph's
 FP16 input, the network replays, and one batched NMS runs for every image of the batch; only the
 kept boxes come to the host. Same functions as the `yolov8n_gpu` ensemble's three steps, one
-Triton<->stub hop instead of three. Loads `detector_torch`'s TorchScript artefact.
+Triton<->stub hop instead of three. Loads `detector_torch`'s exported network
+(compiled by TorchInductor unless the config's `torch_compile` is 0).
 
 Without a usable GPU, initialize() raises with the reason: Triton marks this model unavailable
 and keeps serving everything else.
@@ -42,9 +43,11 @@ class TritonPythonModel:
         torch.cuda.set_device(self.device)
         buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
         try:
-            self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets)
+            self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets,
+                                        compile=params.get("torch_compile", "1") != "0")
         except (ValueError, RuntimeError) as e:  # wrong artefact, or a CUDA graph that failed its check
             raise pb_utils.TritonModelException(str(e)) from None
+        pb_utils.Logger.log_info(f"pipeline_gpu: {self.pipeline.network_note}")
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
