@@ -239,6 +239,18 @@ def test_gpu_artefact_matches_the_onnx_export(repo, facts):
     assert np.abs(one - got[-1:]).max() < 0.01
 
 
+def test_exported_network_holds_nothing_a_cuda_graph_cannot_capture(repo):
+    """No host reads or CPU-made tensors inside the program: the anchor grid is a constant.
+
+    Rebuilding the grid in the graph (aten.arange on the CPU, aten.item on the strides) made
+    every CUDA-graph capture fail on the GPU ("operation not permitted when stream is capturing").
+    """
+    program = torch.export.load(str(repo / GPU.detector / "1" / GPU.artefact))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not {o for o in ops if o.startswith(("aten.item", "aten.arange", "aten._local_scalar_dense"))}
+    assert any(o.startswith("aten.conv2d") for o in ops)
+
+
 def test_served_network_refuses_an_artefact_of_another_size(repo, facts):
     path = repo / GPU.detector / "1" / GPU.artefact
     net = torch_ops.load_served_network(path, torch.device("cpu"), facts.imgsz)

@@ -28,7 +28,7 @@ class GpuPipeline:
     """Letterbox -> network -> NMS for a batch of requests, on one GPU."""
 
     def __init__(
-        self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int], compile: bool = True
+        self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int], compile_net: bool = True
     ) -> None:
         net = torch_ops.load_served_network(artefact, device, imgsz)
         self.imgsz, self.device = imgsz, device
@@ -47,7 +47,7 @@ class GpuPipeline:
             torch_ops.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
             torch_ops.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
         self.eager = net
-        fast, self.network_note = torch_ops.compile_network(net, imgsz, compile)
+        fast, self.network_note = torch_ops.compile_network(net, imgsz, compile_net)
         self.net = torch_ops.GraphedNetwork(fast, imgsz, device, torch.float16, buckets)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]

@@ -239,8 +239,9 @@ def load_network(path: str, device: torch.device, half: bool = True) -> tuple[to
     from torch.export.passes import move_to_device_pass
 
     extra = {FACTS_EXTRA: ""}
-    # The head's anchor grid is built with aranges that the CPU export pinned to the CPU; moving
-    # the program (not just its weights) puts them on `device`, so a CUDA graph can capture them.
+    # The head's anchor grid and strides are constants of the program, not buffers: `.to()` would
+    # leave them on the CPU, moving the program puts them on `device`. `half()` leaves them float32
+    # too, so the boxes are decoded in float32 around the FP16 network.
     net = move_to_device_pass(torch.export.load(path, extra_files=extra), device).module()
     text = extra[FACTS_EXTRA]
     facts = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}

@@ -44,7 +44,7 @@ class TritonPythonModel:
         buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
         try:
             self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets,
-                                        compile=params.get("torch_compile", "1") != "0")
+                                        compile_net=params.get("torch_compile", "1") != "0")
         except (ValueError, RuntimeError) as e:  # wrong artefact, or a CUDA graph that failed its check
             raise pb_utils.TritonModelException(str(e)) from None
         pb_utils.Logger.log_info(f"pipeline_gpu: {self.pipeline.network_note}")
