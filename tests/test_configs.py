@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -101,3 +102,26 @@ def test_rendering_is_deterministic(facts):
     a = {k: repository.render(c) for k, c in repository.all_configs(facts).items()}
     b = {k: repository.render(c) for k, c in repository.all_configs(facts).items()}
     assert a == b
+
+
+def test_python_models_find_the_artefact_their_config_names(repo, facts):
+    """What each python model's initialize() reads back from Triton's args (yolo_triton.model_args):
+    the detector's file in its own folder, and the same file for the fused pipeline that shares it."""
+    from google.protobuf import json_format
+
+    from yolo_triton.model_args import ModelArgs
+
+    def args(name: str) -> ModelArgs:
+        cfg = json_format.MessageToDict(_configs(repo)[name], preserving_proto_field_name=True)
+        raw = {"model_config": json.dumps(cfg), "model_repository": str(repo / name), "model_version": "1"}
+        return ModelArgs.parse(raw)
+
+    for v in (spec.variant("ort"), spec.variant("ort_fused"), spec.variant("gpu"), spec.variant("gpu_fused")):
+        margs = args(v.pipeline or v.detector)
+        assert margs.existing_artefact() == repo / v.detector / "1" / v.artefact
+        assert margs.max_batch == spec.MAX_BATCH
+        if v.key != "ort":  # detector_ort reads its size from the input dims
+            assert margs.imgsz == facts.imgsz
+    assert args(spec.variant("gpu").detector).enabled("torch_compile")
+    with pytest.raises(FileNotFoundError, match="missing: run `make build-engines`"):
+        ModelArgs(args("pipeline_ort").config, {"artefact": "absent.onnx"}, repo / "x" / "1").existing_artefact()

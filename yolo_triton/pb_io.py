@@ -1,4 +1,4 @@
-"""Python-backend tensors in and out of torch by DLPack, for the GPU models.
+"""The GPU models' side of the python backend: their device, and tensors in and out of torch by DLPack.
 
 Tensors cross the stub boundary by DLPack only, host tensors included: the stub's NumPy path
 (`as_numpy`, `pb_utils.Tensor(name, ndarray)`) is compiled against NumPy 1 and reads wrong
@@ -14,6 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack
+
+
+def gpu_device(pb_utils: ModuleType, args: dict, model: str) -> torch.device:
+    """The GPU Triton gave this model instance, made current; without one the load fails with the
+    reason, and Triton keeps serving every other model."""
+    if not torch.cuda.is_available():
+        raise pb_utils.TritonModelException(f"{model} needs a CUDA GPU and none is visible to torch")
+    device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
+    torch.cuda.set_device(device)
+    return device
 
 
 def on_device(t: Any, device: torch.device) -> torch.Tensor:  # noqa: ANN401 - pb_utils.Tensor

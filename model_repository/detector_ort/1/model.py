@@ -7,7 +7,6 @@ batch is where batching pays on the CPU.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,16 +16,15 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import spec  # noqa: E402
+from yolo_triton.model_args import ModelArgs  # noqa: E402
 from yolo_triton.ort_session import make_session  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        artefact = config["parameters"]["artefact"]["string_value"]
-        path = Path(args["model_repository"]) / args["model_version"] / artefact
-        self.session = make_session(path)
-        self.size = int(config["input"][0]["dims"][-1])
+        margs = ModelArgs.parse(args)
+        self.session = make_session(margs.artefact)
+        self.size = int(margs.config["input"][0]["dims"][-1])
         # Warm up so the first client request does not pay for ORT's lazy initialisation.
         self.session.run([spec.RAW.name], {spec.PIXELS.name: np.zeros((1, 3, self.size, self.size), np.float32)})
 

@@ -16,7 +16,6 @@ On a machine without a usable GPU, initialize() raises with the reason: Triton m
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,28 +25,21 @@ from torch.utils.dlpack import from_dlpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import spec, torch_ops  # noqa: E402
+from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
+from yolo_triton.model_args import ModelArgs  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        if not torch.cuda.is_available():
-            raise pb_utils.TritonModelException("detector_torch needs a CUDA GPU and none is visible to torch")
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config["parameters"].items()}
-        path = Path(args["model_repository"]) / args["model_version"] / params["artefact"]
-        if not path.exists():
-            raise pb_utils.TritonModelException(f"{path} missing: run `make build-engines` on this machine")
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
-        torch.cuda.set_device(self.device)
-        imgsz = int(params["imgsz"])
+        self.device = pb_io.gpu_device(pb_utils, args, "detector_torch")
+        margs = ModelArgs.parse(args)
         try:
-            net = torch_ops.load_served_network(path, self.device, imgsz)
-        except ValueError as e:
+            net = torch_ops.load_served_network(margs.existing_artefact(), self.device, margs.imgsz)
+        except (FileNotFoundError, ValueError) as e:
             raise pb_utils.TritonModelException(str(e)) from None
-        buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
-        fast, note = torch_ops.compile_network(net, imgsz, params.get("torch_compile", "1") != "0")
-        self.net = torch_ops.GraphedNetwork(fast, imgsz, self.device, torch.float16, buckets)
+        buckets = torch_ops.graph_buckets(margs.params.get("cuda_graph_batches", ""), margs.max_batch)
+        fast, note = torch_ops.compile_network(net, margs.imgsz, margs.enabled("torch_compile"))
+        self.net = torch_ops.GraphedNetwork(fast, margs.imgsz, self.device, torch.float16, buckets)
         pb_utils.Logger.log_info(f"detector_torch: {note}")
 
     def execute(self, requests: list) -> list:

@@ -13,7 +13,6 @@ and keeps serving everything else.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
+from yolo_triton.model_args import ModelArgs  # noqa: E402
 from yolo_triton.pipeline_gpu import GpuPipeline  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
 from yolo_triton.validation import InputError, request_options  # noqa: E402
@@ -32,20 +32,13 @@ OPTIONS = [t.name for t in spec.ENSEMBLE_INPUTS if t.optional]
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        if not torch.cuda.is_available():
-            raise pb_utils.TritonModelException("pipeline_gpu needs a CUDA GPU and none is visible to torch")
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config["parameters"].items()}
-        path = Path(args["model_repository"]).parent / params["artefact_model"] / "1" / params["artefact"]
-        if not path.exists():
-            raise pb_utils.TritonModelException(f"{path} missing: run `make build-engines` on this machine")
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
-        torch.cuda.set_device(self.device)
-        buckets = torch_ops.graph_buckets(params.get("cuda_graph_batches", ""), int(config["max_batch_size"]))
+        self.device = pb_io.gpu_device(pb_utils, args, "pipeline_gpu")
+        margs = ModelArgs.parse(args)
+        buckets = torch_ops.graph_buckets(margs.params.get("cuda_graph_batches", ""), margs.max_batch)
         try:
-            self.pipeline = GpuPipeline(path, int(params["imgsz"]), self.device, buckets,
-                                        compile_net=params.get("torch_compile", "1") != "0")
-        except (ValueError, RuntimeError) as e:  # wrong artefact, or a CUDA graph that failed its check
+            self.pipeline = GpuPipeline(margs.existing_artefact(), margs.imgsz, self.device, buckets,
+                                        compile_net=margs.enabled("torch_compile"))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:  # no artefact, a wrong one, a failed graph check
             raise pb_utils.TritonModelException(str(e)) from None
         pb_utils.Logger.log_info(f"pipeline_gpu: {self.pipeline.network_note}")
 

@@ -9,7 +9,6 @@ A bad request gets INVALID_ARG naming the problem; the rest of its batch is serv
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import spec  # noqa: E402
+from yolo_triton.model_args import ModelArgs  # noqa: E402
 from yolo_triton.pipeline_cpu import OrtPipeline  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
 from yolo_triton.validation import InputError, check_images, request_options  # noqa: E402
@@ -31,12 +31,11 @@ def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config["parameters"].items()}
-        path = Path(args["model_repository"]).parent / params["artefact_model"] / "1" / params["artefact"]
-        if not path.exists():
-            raise pb_utils.TritonModelException(f"{path} missing: run `make build-engines`")
-        self.pipeline = OrtPipeline(path, int(params["imgsz"]))
+        margs = ModelArgs.parse(args)
+        try:
+            self.pipeline = OrtPipeline(margs.existing_artefact(), margs.imgsz)
+        except FileNotFoundError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)

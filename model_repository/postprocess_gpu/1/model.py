@@ -29,10 +29,7 @@ OPTIONS = [t.name for t in spec.ENSEMBLE_INPUTS if t.optional]
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        if not torch.cuda.is_available():
-            raise pb_utils.TritonModelException("postprocess_gpu needs a CUDA GPU and none is visible to torch")
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
-        torch.cuda.set_device(self.device)
+        self.device = pb_io.gpu_device(pb_utils, args, "postprocess_gpu")
         with torch.inference_mode():  # load torchvision's NMS kernel now, not in the first request
             raw = torch.rand((2, 6, 64), device=self.device)
             for conf, iou, max_det in (((0.0, 0.1), (0.5, 0.6), (10, 20)), ((0.0,), (0.5,), (10,))):

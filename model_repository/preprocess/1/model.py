@@ -7,7 +7,6 @@ written straight into one preallocated batch buffer, then converted to float in 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,14 +16,14 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import geometry, spec  # noqa: E402
+from yolo_triton.model_args import ModelArgs  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
 from yolo_triton.validation import InputError, check_images  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        self.size = int(config["parameters"]["imgsz"]["string_value"])
+        self.size = ModelArgs.parse(args).imgsz
         self._canvas = np.empty((spec.MAX_BATCH, self.size, self.size, 3), np.uint8)
 
     def execute(self, requests: list) -> list:

@@ -10,7 +10,6 @@ alone. Both outputs leave as GPU tensors by DLPack.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,18 +19,15 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
+from yolo_triton.model_args import ModelArgs  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
 from yolo_triton.validation import InputError  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        if not torch.cuda.is_available():
-            raise pb_utils.TritonModelException("preprocess_gpu needs a CUDA GPU and none is visible to torch")
-        config = json.loads(args["model_config"])
-        self.size = int(config["parameters"]["imgsz"]["string_value"])
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
-        torch.cuda.set_device(self.device)
+        self.device = pb_io.gpu_device(pb_utils, args, "preprocess_gpu")
+        self.size = ModelArgs.parse(args).imgsz
         with torch.inference_mode():  # first-call CUDA kernel loading happens here, not in a request
             torch_ops.letterbox_batch(torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=self.device), self.size)
         torch.cuda.synchronize(self.device)
