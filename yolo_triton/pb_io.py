@@ -8,6 +8,7 @@ strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub; docs/
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -33,12 +34,16 @@ def on_device(t: Any, device: torch.device) -> torch.Tensor:  # noqa: ANN401 - p
     return x if x.device == device else x.to(device)
 
 
-def optionals(pb_utils: ModuleType, request: Any, names: list[str]) -> dict[str, np.ndarray | None]:  # noqa: ANN401
+def optionals(
+    pb_utils: ModuleType, request: Any, names: list[str], stream: torch.cuda.Stream | None = None,  # noqa: ANN401
+) -> dict[str, np.ndarray | None]:
     """Several small inputs of one request on the host, with at most one device-to-host copy.
 
     A client using CUDA shared memory (perf_analyzer does) puts the thresholds in GPU memory
     too; copying each separately would cost a synchronisation apiece. float64 holds every
-    value of the small dtypes exactly, and each array gets its own dtype back.
+    value of the small dtypes exactly, and each array gets its own dtype back. With `stream`,
+    the copy runs and is waited for there, so it need not wait behind work already queued on
+    the current stream (the network of this very request).
     """
     out: dict[str, np.ndarray | None] = {}
     on_gpu: list[tuple[str, torch.Tensor]] = []
@@ -53,7 +58,8 @@ def optionals(pb_utils: ModuleType, request: Any, names: list[str]) -> dict[str,
         else:
             out[name] = x.numpy()
     if on_gpu:
-        flat = torch.cat([x.reshape(-1).to(torch.float64) for _, x in on_gpu]).cpu().numpy()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            flat = torch.cat([x.reshape(-1).to(torch.float64) for _, x in on_gpu]).cpu().numpy()
         start = 0
         for name, x in on_gpu:
             n = x.numel()

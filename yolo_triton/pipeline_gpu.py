@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,16 @@ from yolo_triton.postprocess import pad_batch
 
 Limits = list[tuple[float, float, int]]
 STAGES = ("letterbox", "network", "nms")
+
+
+@dataclass(frozen=True)
+class Started:
+    """A batch whose letterbox and network are queued on the GPU (`GpuPipeline.start`)."""
+
+    rows: np.ndarray  # LETTERBOX rows, one per image
+    raw: torch.Tensor  # network output, float32; valid once the GPU gets there
+    sizes: list[int]  # images per request
+    t: float  # when the network was queued (per-stage profile)
 
 
 class GpuPipeline:
@@ -65,13 +76,11 @@ class GpuPipeline:
         self.times[stage] = self.times.get(stage, 0.0) + now - t0
         return now
 
-    def __call__(
-        self, batches: Sequence[torch.Tensor], limits: Sequence[Limits], multi: Sequence[list[bool]]
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """One response's (BOXES, SCORES, CLASSES, NUM_DETECTIONS) per request.
+    def start(self, batches: Sequence[torch.Tensor]) -> Started:
+        """Queue letterbox and network for a batch of requests and return without waiting for them.
 
-        `batches` are uint8 NHWC images on this GPU, one tensor per request; `limits` and `multi`
-        hold per-image options, checked by the caller (validation.request_options).
+        `batches` are uint8 NHWC images on this GPU, one tensor per request. The caller may do host
+        work (read and check the requests' options) while the GPU runs, then call `finish`.
         """
         total = sum(b.shape[0] for b in batches)
         if total > self.max_batch:  # the config's max_batch_size is the largest graph: cannot happen
@@ -80,16 +89,40 @@ class GpuPipeline:
         rows = torch_ops.letterbox_many(batches, self.imgsz, self.net.static_in)
         t = self._mark("letterbox", t)
         raw = self.net.run_static(total).float()  # a copy: the graph's output is overwritten by the next replay
+        return Started(rows, raw, [b.shape[0] for b in batches], t)
+
+    def finish(
+        self, run: Started, limits: Sequence[Limits], multi: Sequence[list[bool]], keep: Sequence[int] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """One response's (BOXES, SCORES, CLASSES, NUM_DETECTIONS) per kept request.
+
+        `keep` lists the started requests to answer (default: all), in order; `limits` and `multi`
+        hold their per-image options, checked by the caller (validation.request_options).
+        """
+        raw, rows = run.raw, run.rows
         if not bool(torch.isfinite(raw).all()):  # one synchronisation; a broken replay must never answer
             self.eager_fallbacks += 1
-            raw = self.eager(self.net.static_in[:total]).float()
-        t = self._mark("network", t)
+            raw = self.eager(self.net.static_in[: raw.shape[0]]).float()
+        t = self._mark("network", run.t)
+        sizes = run.sizes
+        if keep is not None and len(keep) < len(sizes):  # requests refused after start: drop their images
+            offsets = np.cumsum([0, *sizes])
+            index = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in keep]).astype(np.int64)
+            raw, rows, sizes = raw[torch.from_numpy(index).to(raw.device)], rows[index], [sizes[k] for k in keep]
+        if not sizes:
+            return []
         flat_limits = [x for per in limits for x in per]
         flat_multi = [x for per in multi for x in per]
         dets: list[Detections] = torch_ops.postprocess_batch(raw, rows, flat_limits, flat_multi)
         out, start = [], 0
-        for b in batches:
-            out.append(pad_batch(dets[start : start + b.shape[0]]))
-            start += b.shape[0]
+        for n in sizes:
+            out.append(pad_batch(dets[start : start + n]))
+            start += n
         self._mark("nms", t)
         return out
+
+    def __call__(
+        self, batches: Sequence[torch.Tensor], limits: Sequence[Limits], multi: Sequence[list[bool]]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """`start` then `finish`: one response's outputs per request."""
+        return self.finish(self.start(batches), limits, multi)

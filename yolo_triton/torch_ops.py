@@ -21,21 +21,11 @@ import torch
 
 from yolo_triton import geometry, spec
 from yolo_triton.nms import MAX_NMS, MAX_WH, Detections
-from yolo_triton.validation import check_images
 
 # Batch sizes a CUDA graph is captured for (declared with the variant in spec); a batch is padded
 # up to the next one. Powers of two keep the padding under 2x with only a few graphs to capture.
 BUCKETS: tuple[int, ...] = tuple(int(b) for b in spec.CUDA_GRAPH_BATCHES.split(",") if int(b) <= spec.MAX_BATCH)
 FACTS_EXTRA = "facts.json"  # extra file of the exported archive: the checkpoint facts it holds
-
-
-def check_image_shape(shape: Sequence[int]) -> None:
-    """`validation.check_images` for an image batch that may live on the GPU.
-
-    The checks only read dtype and shape, so a zero-stride uint8 view of that shape stands in
-    for the pixels (Triton has already enforced the declared dtype) and nothing is copied.
-    """
-    check_images(np.broadcast_to(np.zeros((), np.uint8), tuple(int(s) for s in shape)))
 
 
 # --------------------------------------------------------------------------------------------------

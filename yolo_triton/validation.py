@@ -8,7 +8,7 @@ the model (or the batch it was grouped with) down.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -32,11 +32,17 @@ def check_images(images: np.ndarray) -> np.ndarray:
         raise InputError(f"{name}: expected a numpy array of decoded pixels, got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise InputError(f"{name}: dtype must be uint8 (decoded HWC BGR pixels), got {images.dtype}")
-    if images.ndim != 4:
-        raise InputError(
-            f"{name}: expected shape [batch, height, width, 3], got rank {images.ndim} {list(images.shape)}"
-        )
-    batch, h, w, c = images.shape
+    check_image_shape(images.shape)
+    return images
+
+
+def check_image_shape(shape: Sequence[int]) -> None:
+    """The shape half of `check_images`, for a uint8 batch that is not a NumPy array (a GPU tensor:
+    Triton has enforced the dtype). Plain integer checks: they run on every request's hot path."""
+    name = spec.IMAGE.name
+    if len(shape) != 4:
+        raise InputError(f"{name}: expected shape [batch, height, width, 3], got rank {len(shape)} {list(shape)}")
+    batch, h, w, c = (int(s) for s in shape)
     if batch < 1:
         raise InputError(f"{name}: empty batch")
     if batch > spec.MAX_BATCH:
@@ -50,7 +56,6 @@ def check_images(images: np.ndarray) -> np.ndarray:
             f"{name}: image {w}x{h} exceeds the limit ({spec.MAX_IMAGE_SIDE} px per side, "
             f"{spec.MAX_IMAGE_PIXELS} px in all); downscale it before sending"
         )
-    return images
 
 
 def _scalar(name: str, value: np.ndarray | float | None, batch: int) -> np.ndarray | None:

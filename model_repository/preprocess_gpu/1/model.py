@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root
 from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
 from yolo_triton.model_args import ModelArgs  # noqa: E402
 from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError  # noqa: E402
+from yolo_triton.validation import InputError, check_image_shape  # noqa: E402
 
 
 class TritonPythonModel:
@@ -39,7 +39,7 @@ class TritonPythonModel:
             for i, request in enumerate(requests):
                 try:
                     t = pb_utils.get_input_tensor_by_name(request, spec.IMAGE.name)
-                    torch_ops.check_image_shape(t.shape())
+                    check_image_shape(t.shape())
                 except InputError as e:
                     responses[i] = error_response(pb_utils, e)
                     continue
