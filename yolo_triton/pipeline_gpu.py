@@ -105,12 +105,12 @@ class GpuPipeline:
             raw = self.eager(self.net.static_in[: raw.shape[0]]).float()
         t = self._mark("network", run.t)
         sizes = run.sizes
+        if keep is not None and not keep:
+            return []
         if keep is not None and len(keep) < len(sizes):  # requests refused after start: drop their images
             offsets = np.cumsum([0, *sizes])
             index = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in keep]).astype(np.int64)
             raw, rows, sizes = raw[torch.from_numpy(index).to(raw.device)], rows[index], [sizes[k] for k in keep]
-        if not sizes:
-            return []
         flat_limits = [x for per in limits for x in per]
         flat_multi = [x for per in multi for x in per]
         dets: list[Detections] = torch_ops.postprocess_batch(raw, rows, flat_limits, flat_multi)
