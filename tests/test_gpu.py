@@ -220,6 +220,35 @@ def test_postprocess_batch_equals_cpu_postprocess():
         assert np.array_equal(g, w)
 
 
+def test_gpu_pipeline_finish_answers_the_kept_requests_as_in_the_full_batch():
+    """`GpuPipeline.finish(keep=...)`: requests refused after `start` lose their images before NMS;
+    every kept request gets, with its own options, what it gets in the full batch. Runs on CPU
+    tensors: once the network output exists, finish needs no GPU."""
+    from yolo_triton.pipeline_gpu import GpuPipeline, Started
+
+    rng = np.random.default_rng(11)
+    sizes = [1, 2, 1, 3]
+    raws = np.stack([_raw(rng, 3, 2100, size=320) for _ in range(sum(sizes))])
+    rows = np.stack([geometry.plan(h, w, 320).as_array() for h, w in [(1080, 810), (320, 320), (100, 1500)] * 3][:7])
+    limits = [[(0.25, 0.7, 300)], [(0.1, 0.5, 5)] * 2, [(0.3, 0.7, 300)], [(0.2, 0.6, 7)] * 3]
+    multi = [[False], [True, False], [False], [False, True, False]]
+    pipeline = GpuPipeline.__new__(GpuPipeline)  # no network, no graphs: finish only reads the output
+    pipeline.times, pipeline.eager_fallbacks = None, 0
+
+    def started() -> Started:
+        return Started(rows, torch.from_numpy(raws), sizes, 0.0)
+
+    full = pipeline.finish(started(), limits, multi)
+    assert sum(int(out[3].sum()) for out in full) > 20, "the case must exercise NMS"
+    for keep in ([1, 3], [0], [2, 3], [0, 1, 2, 3]):
+        got = pipeline.finish(started(), [limits[k] for k in keep], [multi[k] for k in keep], keep)
+        assert len(got) == len(keep)
+        for out, k in zip(got, keep):
+            for a, b in zip(out, full[k]):
+                assert np.array_equal(a, b), f"request {k} of keep={keep}"
+    assert pipeline.finish(started(), [], [], []) == []
+
+
 # --- artefact, configs, launcher ------------------------------------------------------------------
 
 
