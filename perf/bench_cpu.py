@@ -98,21 +98,21 @@ def served_throughput(
         stop_at[0] = start + seconds
         for _ in range(in_flight):
             send()
-        sent = in_flight
         while True:
             done.acquire()
             if time.perf_counter() >= stop_at[0]:
                 break
             send()
-            sent += 1
-        elapsed = time.perf_counter() - start
+        # Images answered by now, over the time taken: the requests still in flight finish after
+        # the clock stops and must not count (they once did, overstating the rate by their images).
+        images, elapsed = count[0], time.perf_counter() - start
         for _ in range(in_flight - 1):
             done.acquire()
         if region:
             region.release(c.client)
         if errors:
             raise RuntimeError(f"{len(errors)} failed requests: {errors[0]}")
-        return count[0] / elapsed
+        return images / elapsed
 
 
 def _pooled(rounds: list[dict[str, list[float]]]) -> dict[str, float]:

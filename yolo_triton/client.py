@@ -121,9 +121,12 @@ class ShmRegion:
     @staticmethod
     def create(client: grpcclient.InferenceServerClient, size: int) -> ShmRegion:
         import os
+        import uuid
 
         shm = _shm_module()
-        name = f"yolo_triton_{os.getpid()}_{id(client):x}_{size}"
+        # Unique per region: an object id is reused once freed, and a region left registered under
+        # that name (a client that was never closed) made the next registration fail.
+        name = f"yolo_triton_{os.getpid()}_{uuid.uuid4().hex[:12]}_{size}"
         handle = shm.create_shared_memory_region(name, f"/{name}", size)
         client.register_system_shared_memory(name, f"/{name}", size)
         return ShmRegion(name, handle, size)
