@@ -54,8 +54,8 @@ compare: setup ## YOLOv8n vs YOLOv5n stage by stage, plus every served variant -
 report: setup ## one Markdown report with plots from the latest perf, locust and compare runs -> runs/report/
 	@$(PY) perf/report.py
 
-bench-cpu: setup ## raw ONNX Runtime vs served ensemble vs Ultralytics predict, with ratios
-	@$(PY) perf/bench_cpu.py
+bench-cpu: setup ## raw ONNX Runtime vs served ensemble vs Ultralytics predict, with ratios (WEIGHTS=, IMGSZ=: a fresh repository)
+	@$(PY) perf/bench_cpu.py $(if $(filter command line environment,$(origin WEIGHTS)),--weights $(WEIGHTS),) $(IMGSZ_ARG)
 
 bench-gpu: setup ## GPU ensemble vs raw FP16 CUDA-graph network vs Ultralytics predict (on a GPU machine)
 	@$(PY) perf/bench_gpu.py

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None,
                     help="build a fresh repository from this checkpoint (default: use model_repository)")
-    ap.add_argument("--imgsz", type=int, default=None)
+    ap.add_argument("--imgsz", type=int, default=None, help="input size of the fresh repository (with --weights)")
     ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--image", type=Path, default=ROOT / "assets" / "samples" / "bus.jpg")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure (split over the rounds)")
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-request", type=int, default=4, help="images per request at saturation")
     ap.add_argument("--in-flight", type=int, default=4, help="requests outstanding at saturation")
     args = ap.parse_args(argv)
+    if args.imgsz and not args.weights:
+        ap.error("--imgsz needs --weights: a built repository's input size is fixed (rebuild it from a checkpoint)")
 
     repo = args.repo
     if args.weights:

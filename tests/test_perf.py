@@ -252,3 +252,9 @@ def test_bench_cpu_prints_every_figure_and_the_ratios(repo):
     lines = out.strip().splitlines()
     assert lines[-2].startswith("latency_ratio=") and lines[-1].startswith("throughput_ratio="), lines[-4:]
     assert float(lines[-2].split("=")[1]) > 0 and float(lines[-1].split("=")[1]) > 0
+
+
+def test_bench_cpu_refuses_an_input_size_it_cannot_apply():
+    """A built repository's size is fixed: `--imgsz` without `--weights` is an error, not ignored."""
+    out = run_tool("bench_cpu.py", "--imgsz", "640", ok=False, timeout=120)
+    assert out.returncode == 2 and "--imgsz needs --weights" in out.stderr, out.stderr[-2000:]
