@@ -1,13 +1,14 @@
 """CPU throughput benchmark: is Triton's glue negligible next to the model itself?
 
-    python perf/bench_cpu.py [--weights W] [--imgsz N] [--image bus.jpg] [--seconds 10]
+    python perf/bench_cpu.py [--weights W [--imgsz N]] [--image bus.jpg] [--seconds 16]
 
 Measures, in one run on this machine and on the same image:
   (a) the raw ONNX model in ONNX Runtime (same session options as the served detector):
       batch-1 latency, and throughput at the best batch size (found first);
   (b) the served pipeline end to end at concurrency 1 (gRPC client latency), for the staged
       ensemble `yolov8n_ort` and the fused `yolov8n_ort_fused` (one python model);
-  (c) both at saturation (several requests in flight, several images per request);
+  (c) both at saturation: requests of the raw model's best batch size, two in flight so one
+      waits while the other runs (--per-request, --in-flight);
   (d) Ultralytics' own predict pipeline with the same ONNX model.
 Served figures are taken twice: with the pixels in system shared memory (a client on the
 server's host; the ratios use these) and inside the gRPC message (a remote client).
@@ -130,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=None, help="input size of the fresh repository (with --weights)")
     ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--image", type=Path, default=ROOT / "assets" / "samples" / "bus.jpg")
-    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure (split over the rounds)")
+    ap.add_argument("--seconds", type=float, default=16.0, help="measuring time per figure (split over the rounds)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds: every figure is measured in each")
-    ap.add_argument("--per-request", type=int, default=4, help="images per request at saturation")
-    ap.add_argument("--in-flight", type=int, default=4, help="requests outstanding at saturation")
+    ap.add_argument("--per-request", type=int, default=None,
+                    help="images per request at saturation (default: the raw model's best batch size)")
+    ap.add_argument("--in-flight", type=int, default=2,
+                    help="requests outstanding at saturation (2: one waits while the other runs)")
     args = ap.parse_args(argv)
     if args.imgsz and not args.weights:
         ap.error("--imgsz needs --weights: a built repository's input size is fixed (rebuild it from a checkpoint)")
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     run_raw = lambda x: session.run([spec.RAW.name], {spec.PIXELS.name: x})  # noqa: E731
     raw_rates = raw_batch_rates(run_raw, one, args.seconds)
     best_b = max(raw_rates, key=raw_rates.get)
+    per_request = args.per_request or best_b  # the served side is offered the batch the raw model ran best
     best = np.repeat(one, best_b, axis=0)
     from ultralytics import YOLO
 
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = {"raw": [best_b / ms * 1e3 for ms in _samples_ms(lambda: run_raw(best), slot)]}
             for (m, shm), c in clients.items():
                 lat[f"{m}|{shm}"] = _samples_ms(lambda c=c: c.detect(image), slot)
-                rate[f"{m}|{shm}"] = [served_throughput(server.url, image, args.per_request, args.in_flight, slot,
+                rate[f"{m}|{shm}"] = [served_throughput(server.url, image, per_request, args.in_flight, slot,
                                                         shm, model=m)]
             lat["ultralytics"] = _samples_ms(lambda: predict(image), slot)
             rate["ultralytics"] = [8 / ms * 1e3 for ms in _samples_ms(lambda: predict([image] * 8), slot)]
