@@ -64,9 +64,6 @@ class _AnyBatch:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, tuple) and tuple(other[1:]) == self.rest
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
     __hash__ = None  # type: ignore[assignment]
 
 

@@ -9,6 +9,7 @@ strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub; docs/
 from __future__ import annotations
 
 import contextlib
+import functools
 from types import ModuleType
 from typing import Any
 
@@ -63,11 +64,17 @@ def optionals(
             raw = torch.cat([x.reshape(-1).view(torch.uint8) for _, x in on_gpu]).cpu().numpy()
         start = 0
         for name, x in on_gpu:
-            dtype = torch.empty(0, dtype=x.dtype).numpy().dtype
+            dtype = _numpy_dtype(x.dtype)
             size = x.numel() * dtype.itemsize
             out[name] = raw[start : start + size].view(dtype).reshape(tuple(x.shape))
             start += size
     return out
+
+
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """NumPy's dtype for a torch dtype, worked out once per dtype rather than once per request."""
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def output(pb_utils: ModuleType, name: str, array: np.ndarray) -> Any:  # noqa: ANN401 - pb_utils.Tensor

@@ -99,14 +99,13 @@ class GpuPipeline:
         `keep` lists the started requests to answer (default: all), in order; `limits` and `multi`
         hold their per-image options, checked by the caller (validation.request_options).
         """
-        raw, rows = run.raw, run.rows
+        if keep is not None and not keep:  # every request refused: nothing to wait for
+            return []
+        raw, rows, sizes = run.raw, run.rows, run.sizes
         if not bool(torch.isfinite(raw).all()):  # one synchronisation; a broken replay must never answer
             self.eager_fallbacks += 1
             raw = self.eager(self.net.static_in[: raw.shape[0]]).float()
         t = self._mark("network", run.t)
-        sizes = run.sizes
-        if keep is not None and not keep:
-            return []
         if keep is not None and len(keep) < len(sizes):  # requests refused after start: drop their images
             offsets = np.cumsum([0, *sizes])
             index = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in keep]).astype(np.int64)
