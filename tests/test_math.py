@@ -52,6 +52,16 @@ def test_to_pixels_is_rgb_chw_unit_range():
     assert (px[0, 2] == 1.0).all() and (px[0, :2] == 0.0).all()  # blue lands in the last (RGB) plane
 
 
+def test_to_pixels_equals_ultralytics_preprocess_bit_for_bit():
+    """Ultralytics' `preprocess`: BGR->RGB, HWC->CHW, float32 / 255; into a reused batch buffer too."""
+    canvases = np.random.default_rng(3).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
+    theirs = (torch.from_numpy(np.ascontiguousarray(canvases[..., ::-1].transpose(0, 3, 1, 2))).float() / 255).numpy()
+    buffer = np.full((4, 3, 32, 48), np.nan, np.float32)
+    px = geometry.to_pixels(canvases, out=buffer[:3])
+    np.testing.assert_array_equal(px, theirs)
+    assert np.shares_memory(px, buffer) and np.isnan(buffer[3]).all()
+
+
 def test_unletterbox_maps_back_and_clips():
     lb = geometry.plan(1080, 810, 640).as_array()
     # A box at the left padding edge maps to x=0; one past the image clips to its width.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -249,6 +250,8 @@ def test_bench_cpu_prints_every_figure_and_the_ratios(repo):
     for label in ("(a) raw ONNX Runtime", spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble,
                   "(d) Ultralytics predict"):
         assert label in out, out[-3000:]
+    load = re.search(r"saturation load: requests of (\d+) images", out)
+    assert load and int(load.group(1)) >= 8, "an offline client's batch, whatever batch size the sweep ranked first"
     lines = out.strip().splitlines()
     assert lines[-2].startswith("latency_ratio=") and lines[-1].startswith("throughput_ratio="), lines[-4:]
     assert float(lines[-2].split("=")[1]) > 0 and float(lines[-1].split("=")[1]) > 0

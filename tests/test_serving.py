@@ -125,3 +125,24 @@ def test_shared_memory_input_gives_the_same_detections(server, client):
         assert len(batch) == 2 and len(batch[0].scores) == len(batch[1].scores) > 0
     status = client.client.get_system_shared_memory_status(as_json=True)
     assert not status.get("regions"), "the client unregisters its region on close"
+
+
+def test_shared_memory_region_holds_exactly_the_images_written(client):
+    """One copy straight into the mapping: what the server reads is the caller's pixels."""
+    from yolo_triton.client import ShmRegion, _shm_module
+
+    rng = np.random.default_rng(5)
+    region = ShmRegion.create(client.client, 1 << 16)
+    try:
+        for shape in ((1, 40, 30, 3), (2, 20, 50, 3)):
+            images = rng.integers(0, 256, shape, dtype=np.uint8)
+            inp = region.input(images)
+            assert inp.shape() == list(shape)
+            mapped = _shm_module().get_contents_as_numpy(region.handle, np.uint8, list(shape))
+            np.testing.assert_array_equal(mapped, images)
+        with pytest.raises(ValueError, match="do not fit"):
+            region.input(np.zeros((1, 200, 200, 3), np.uint8))
+    finally:
+        region.release(client.client)
+    with pytest.raises(ValueError, match="was released"):
+        region.input(np.zeros((1, 4, 4, 3), np.uint8))
