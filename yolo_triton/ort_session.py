@@ -24,7 +24,7 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     # without them the detector's memory stays flat, at the same speed (measured, batches 1-16).
     so.enable_mem_pattern = False
     # Worker threads spin while a run is active and stop the moment it returns. Spinning hands
-    # each operator's work to the second core without a futex wake; measured here, batch 1 at
+    # each operator's work to the other cores without a futex wake. On two cores, batch 1 at
     # 320 ran 18% faster spinning (26.9 -> 22.0 ms, runs 1 ms apart), batch 8 19%. Stopping at
     # the end of the run leaves the cores to letterbox/NMS and Triton's threads between runs,
     # which is what an always-spinning pool (ONNX Runtime's default) would take from them.
