@@ -66,6 +66,7 @@ class PaResult:
     shm: str
     concurrency: int
     batch: int
+    protocol: str = "grpc"
     img_s: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
@@ -204,7 +205,7 @@ def write_input_data(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def perf_analyzer(url: str, model: str, data: Path, shape: tuple[int, ...], r: PaResult, out_dir: Path,
+def perf_analyzer(server: Server, model: str, data: Path, shape: tuple[int, ...], r: PaResult, out_dir: Path,
                   interval_ms: int, client: DetectorClient) -> PaResult:
     """One perf_analyzer level; fills r with p50/p99/throughput and the per-stage breakdown.
 
@@ -212,7 +213,8 @@ def perf_analyzer(url: str, model: str, data: Path, shape: tuple[int, ...], r: P
     number of requests (no stability search) and says so in its note.
     """
     csv_path = out_dir / f"{r.label}.csv"
-    base = [str(perf_tools.perf_analyzer_path()), "-m", model, "-i", "grpc", "-u", url, "-b", str(r.batch),
+    url = server.http_url if r.protocol == "http" else server.url
+    base = [str(perf_tools.perf_analyzer_path()), "-m", model, "-i", r.protocol, "-u", url, "-b", str(r.batch),
             "--input-data", str(data), "--shape", f"{spec.IMAGE.name}:{','.join(map(str, shape))}",
             "--concurrency-range", str(r.concurrency), "--percentile", "50", "-f", str(csv_path)]
     if r.shm != "none":
@@ -285,10 +287,11 @@ def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: 
                 check[model] = {"detections": int(len(result.detections.scores)),
                                 "first_request_ms": result.latency_ms}
                 for level in levels:
-                    r = PaResult(f"{model}.{level.label}", model, level.shm, level.concurrency, level.batch)
+                    r = PaResult(f"{model}.{level.label}", model, level.shm, level.concurrency, level.batch,
+                                 level.protocol)
                     print(f"  perf_analyzer {r.label}: concurrency {r.concurrency} x batch {r.batch}, "
-                          f"shared memory {r.shm} ...", flush=True)
-                    perf_analyzer(server.url, model, data, image.shape, r, run / "perf_analyzer", interval_ms, client)
+                          f"shared memory {r.shm}, {r.protocol} ...", flush=True)
+                    perf_analyzer(server, model, data, image.shape, r, run / "perf_analyzer", interval_ms, client)
                     print(f"    {r.p50_ms:.3f} ms p50, {r.img_s:.1f} img/s {r.note}", flush=True)
                     results.append(r)
     return results, check
@@ -298,17 +301,25 @@ def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: 
 
 
 def parse_levels(text: str) -> list[PaResult]:
-    """'c1-grpc:none:1:1,...' = label:shm:concurrency:batch."""
+    """'c1-grpc:none:1:1,...' = label:shm:concurrency:batch[:protocol], protocol grpc (default) or http."""
     out = []
     for item in text.split(","):
-        label, shm, conc, batch = item.split(":")
+        fields = item.split(":")
+        if len(fields) not in (4, 5):
+            raise argparse.ArgumentTypeError(f"a level is label:shm:concurrency:batch[:protocol], got {item!r}")
+        label, shm, conc, batch, protocol = (*fields, "grpc") if len(fields) == 4 else fields
         if shm not in ("none", "system", "cuda"):
             raise argparse.ArgumentTypeError(f"shared memory must be none, system or cuda, got {shm!r}")
-        out.append(PaResult(label, "", shm, int(conc), int(batch)))
+        if protocol not in ("grpc", "http"):
+            raise argparse.ArgumentTypeError(f"protocol must be grpc or http, got {protocol!r}")
+        out.append(PaResult(label, "", shm, int(conc), int(batch), protocol))
     return out
 
 
-DEFAULT_LEVELS = "c1-grpc:none:1:1,c1-cudashm:cuda:1:1,sat-c16xb8-cudashm:cuda:16:8"
+# c1 over HTTP too: for a small request (the image already in CUDA shared memory) the protocol's
+# own cost is a visible part of the end-to-end figure.
+DEFAULT_LEVELS = ("c1-grpc:none:1:1,c1-cudashm:cuda:1:1,c1-http-cudashm:cuda:1:1:http,"
+                  "sat-c16xb8-cudashm:cuda:16:8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,12 +154,30 @@ def test_decode_batch_equals_numpy_decode(nc, anchors):
     limits = [(0.25, 0.7, 300), (0.1, 0.5, 5), (0.5, 0.7, 300), (0.999, 0.7, 300), (0.05, 0.45, 50)]
     raws = np.stack([_raw(rng, nc, anchors) for _ in limits])
     got = _decode(raws, limits)
+    conf, iou, max_det = zip(*limits)
+    tail = torch_ops.network_tail(torch.from_numpy(raws))  # what the GPU pipeline's graphs hand over
+    assert bool(tail.finite) and torch.equal(tail.raw, torch.from_numpy(raws))
+    given = torch_ops.decode_batch(tail.raw, conf, iou, max_det, best=(tail.scores, tail.classes)).to_numpy(len(raws))
     kept = 0
-    for raw, (c, u, m), g in zip(raws, limits, got):
+    for raw, (c, u, m), g, b in zip(raws, limits, got, given):
         want = nms.decode(raw, c, u, m)
         _assert_identical(g, want)
+        _assert_identical(b, want)
         kept += len(want.scores)
     assert kept > 50, "the case must exercise NMS"
+
+
+def test_network_tail_flags_a_non_finite_output_of_any_image():
+    rng = np.random.default_rng(9)
+    raws = torch.from_numpy(np.stack([_raw(rng, 3, 2100) for _ in range(3)])).half()
+    assert bool(torch_ops.network_tail(raws).finite)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = raws.clone()
+        broken[2, 5, 17] = bad
+        tail = torch_ops.network_tail(broken)
+        assert not bool(tail.finite), bad
+        assert not bool(tail.head(1).finite), "the flag covers the whole bucket, padding included"
+        assert tail.raw.dtype == torch.float32 and tail.head(2).raw.shape == (2, 7, 2100)
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -247,6 +265,36 @@ def test_gpu_pipeline_finish_answers_the_kept_requests_as_in_the_full_batch():
             for a, b in zip(out, full[k]):
                 assert np.array_equal(a, b), f"request {k} of keep={keep}"
     assert pipeline.finish(started(), [], [], []) == []
+    best = torch_ops.best_class(torch.from_numpy(raws))
+    for keep in ([1, 3], [0, 1, 2, 3]):
+        run = Started(rows, torch.from_numpy(raws), sizes, 0.0, best, lambda: True)
+        got = pipeline.finish(run, [limits[k] for k in keep], [multi[k] for k in keep], keep)
+        for out, k in zip(got, keep):
+            assert all(np.array_equal(a, b) for a, b in zip(out, full[k])), f"best given, request {k}"
+
+
+def test_gpu_pipeline_answers_a_non_finite_replay_from_the_eager_network():
+    """A replay flagged non-finite never answers: the eager network's output does, and it is counted."""
+    from types import SimpleNamespace
+
+    from yolo_triton.pipeline_gpu import GpuPipeline, Started
+
+    rng = np.random.default_rng(13)
+    raws = torch.from_numpy(np.stack([_raw(rng, 3, 2100, size=320) for _ in range(2)]))
+    rows = np.stack([geometry.plan(1080, 810, 320).as_array()] * 2)
+    limits, multi = [[(0.25, 0.7, 300)], [(0.1, 0.5, 5)]], [[False], [False]]
+    pipeline = GpuPipeline.__new__(GpuPipeline)
+    pipeline.times, pipeline.eager_fallbacks = None, 0
+    pipeline.net = SimpleNamespace(static_in=torch.zeros((4, 3, 320, 320), dtype=torch.float16))
+    pipeline.eager = lambda x: raws[: x.shape[0]].half()  # what the network computes for static_in
+    want = pipeline.finish(Started(rows, raws.half().float(), [1, 1], 0.0), limits, multi)
+    assert sum(int(out[3].sum()) for out in want) > 5
+    broken = torch.full_like(raws, float("nan"))
+    got = pipeline.finish(Started(rows, broken, [1, 1], 0.0, torch_ops.best_class(broken), lambda: False),
+                          limits, multi)
+    assert pipeline.eager_fallbacks == 1
+    for g, w in zip(got, want):
+        assert all(np.array_equal(a, b) for a, b in zip(g, w))
 
 
 # --- artefact, configs, launcher ------------------------------------------------------------------
@@ -370,12 +418,62 @@ def test_compiled_network_replays_what_the_exported_network_computes(repo, facts
         want = net(x).float()  # eager first: eager work first seen after a capture once broke replays
         fast, note = torch_ops.compile_network(net, facts.imgsz)
         assert note == "network compiled by TorchInductor"
-        graphed = torch_ops.GraphedNetwork(fast, facts.imgsz, device, torch.float16, (1, 8))
+        graphed = torch_ops.GraphedNetwork(fast, facts.imgsz, device, torch.float16, (1, 8), tail=True)
         graphed.check(net)
         got = graphed(x).float()
+        n = x.shape[0]
+        graphed.static_in[:n].copy_(x)
+        tail = graphed.run_tail(n)
+        assert torch.equal(tail.raw, graphed.static_out[8][:n].float()), "the tail reads this replay's output"
+        assert all(torch.equal(a, b) for a, b in zip((tail.scores, tail.classes), torch_ops.best_class(tail.raw)))
+        assert bool(tail.finite)
     scale = float(want.abs().max())
     assert float((got - want).abs().max()) <= 0.02 * scale
     assert float((got[:, 4:] - want[:, 4:]).abs().max()) <= 0.01, "class scores"
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_letterbox_graphs_replay_exactly_the_eager_letterbox():
+    """A shape is captured the second time it is seen; replays equal `letterbox_many` bit for bit,
+    for one request or several of one size; mixed sizes, oversized batches and evicted shapes
+    go back to the eager path."""
+    device = torch.device("cuda", 0)
+    rng = np.random.default_rng(17)
+    out = torch.zeros((8, 3, 320, 320), dtype=torch.float16, device=device)
+    want = torch.zeros_like(out)
+    graphs = torch_ops.LetterboxGraphs(320, out, max_graphs=2, max_bytes=3 * 1080 * 810 * 3)
+
+    def frames(*shape_and_counts: tuple[int, int, int]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.stack([_image(rng, h, w) for _ in range(n)])).to(device)
+                for n, h, w in shape_and_counts]
+
+    cases = [
+        (frames((1, 1080, 810)), True),
+        (frames((1, 1080, 810)), True),  # new pixels, same shape: the graph reads them
+        (frames((1, 40, 1500), (1, 40, 1500)), True),  # two requests of one size: one graph of 2
+        (frames((1, 40, 1500), (1, 40, 1500)), True),
+        (frames((1, 1080, 810), (1, 720, 1280)), False),  # mixed sizes: eager
+        (frames((4, 1080, 810)), False),  # over max_bytes: eager
+        (frames((1, 321, 479)), True),
+        (frames((1, 321, 479)), True),  # third shape captured: the least recently used one goes
+    ]
+    with torch.inference_mode():
+        for i, (batch, graphable) in enumerate(cases):
+            used = graphs(batch)
+            total = sum(b.shape[0] for b in batch)
+            rows = torch_ops.letterbox_many(batch, 320, want)
+            if not used:
+                torch_ops.letterbox_many(batch, 320, out)
+            assert torch.equal(out[:total], want[:total]), f"case {i}"
+            assert rows.shape == (total, 6)
+            if graphable and i % 2 == 1:
+                h, w = batch[0].shape[1:3]
+                assert used and (total, h, w) in graphs.graphs, f"case {i}: a repeated shape replays"
+            if not graphable:
+                assert not used, f"case {i}"
+    assert not graphs.refused, graphs.refused
+    assert list(graphs.graphs) == [(2, 40, 1500), (1, 321, 479)], "two graphs at most, least recent evicted"
 
 
 def _served(url: str, model: str, image: np.ndarray, **kw) -> nms.Detections:
@@ -501,13 +599,18 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
     """The fused model checks options while the batch's network runs: a request refused then has
     its images dropped before NMS, and the requests batched with it are answered as if alone.
 
-    All requests are sent at once from one client (asynchronously) with images at the network's
-    size, quicker to send than to serve, so they queue and the dynamic batcher groups good and bad.
+    All requests are built first and then sent at once from one client (asynchronously), their
+    images in system shared memory, so they queue. Every request carries the same optional inputs,
+    good ones at the defaults: Triton's dynamic batcher only batches requests with the same set of
+    inputs, and with options in the bad requests only, no two requests ever met (48 executions
+    for 48 requests, twice on the H200).
     """
     import functools
     import threading
 
     from tritonclient.grpc import InferenceServerClient
+
+    from yolo_triton.client import ShmRegion
 
     images = [cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
               for im in sample_images().values() for scale in [facts.imgsz / max(im.shape[:2])]]
@@ -525,13 +628,18 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
     with DetectorClient(server.url) as c:
         before = c.model_stats(FUSED.pipeline)["model_stats"][0]
     client = InferenceServerClient(server.url)
+    regions = [ShmRegion.create(client, im.nbytes) for im in images]
     try:
-        for k in range(count):
-            options = bad[k % len(bad)][0] if k % 2 else {}
-            client.async_infer(FUSED.ensemble, build_inputs(images[k % len(images)][None], **options),
-                               functools.partial(done, k), outputs=OUTPUTS, client_timeout=60)
+        shared = [region.input(im[None]) for region, im in zip(regions, images)]
+        good = {"conf": spec.DEFAULT_CONF, "iou": spec.DEFAULT_IOU, "max_det": spec.DEFAULT_MAX_DET}
+        requests = [build_inputs(images[k % len(images)][None], image_input=shared[k % len(images)],
+                                 **(good | (bad[k % len(bad)][0] if k % 2 else {}))) for k in range(count)]
+        for k, inputs in enumerate(requests):
+            client.async_infer(FUSED.ensemble, inputs, functools.partial(done, k), outputs=OUTPUTS, client_timeout=60)
         assert all_in.wait(120), f"{count - len(answers)} requests unanswered"
     finally:
+        for region in regions:
+            region.release(client)
         client.close()
     for k, got in sorted(answers.items()):
         if k % 2:

@@ -4,13 +4,15 @@ This is what the fused model `yolov8n_gpu_fused` runs in a single execute(). The
 ensemble's own functions (`torch_ops.letterbox_many`, `GraphedNetwork`, `torch_ops.postprocess_batch`);
 what fusing removes is the glue between them: two Triton<->stub hops with their copies and
 synchronisations, two ensemble steps, and the FP32 network input, because images are letterboxed
-straight into the CUDA graph's FP16 input buffer.
+straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is mostly kernel
+launches and host synchronisations, so the letterbox of a repeated frame size replays from a graph
+of its own, and the cast, best-class and finiteness check after the network run inside its graph.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +32,11 @@ class Started:
     """A batch whose letterbox and network are queued on the GPU (`GpuPipeline.start`)."""
 
     rows: np.ndarray  # LETTERBOX rows, one per image
-    raw: torch.Tensor  # network output, float32; valid once the GPU gets there
+    raw: torch.Tensor  # network output, float32; valid once the GPU gets there, until the next start
     sizes: list[int]  # images per request
     t: float  # when the network was queued (per-stage profile)
+    best: tuple[torch.Tensor, torch.Tensor] | None = None  # torch_ops.best_class(raw), when computed with it
+    finite: Callable[[], bool] | None = None  # whether raw is all finite, once the GPU got there
 
 
 class GpuPipeline:
@@ -52,6 +56,7 @@ class GpuPipeline:
             frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=device)
             pixels = torch.empty((2, 3, imgsz, imgsz), dtype=torch.float16, device=device)
             rows = torch_ops.letterbox_many([frame, frame], imgsz, pixels)
+            torch.equal(pixels, pixels.clone())  # LetterboxGraphs checks each capture with these
             raw = net(pixels).float()
             noisy = torch.rand_like(raw)  # candidates for every NMS path
             torch_ops.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
@@ -59,11 +64,17 @@ class GpuPipeline:
             torch_ops.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
         self.eager = net
         fast, self.network_note = torch_ops.compile_network(net, imgsz, compile_net)
-        self.net = torch_ops.GraphedNetwork(fast, imgsz, device, torch.float16, buckets)
+        self.net = torch_ops.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
+        self.letterbox = torch_ops.LetterboxGraphs(imgsz, self.net.static_in)
+        # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
+        # NMS synchronises anyway, and the event says when the copy has landed.
+        self._finite = torch.zeros((), dtype=torch.bool, pin_memory=True)
+        self._finite_ready = torch.cuda.Event()
         with torch.inference_mode():  # the whole path once more, graphs included
-            self([frame], [[(0.25, 0.7, 300)]], [[False]])
+            for _ in range(2):  # the second time from a captured letterbox
+                self([frame], [[(0.25, 0.7, 300)]], [[False]])
             if self.max_batch > 1:
                 self([frame, frame], [[(0.0, 0.6, 10)], [(0.5, 0.7, 20)]], [[True], [False]])
         torch.cuda.synchronize(device)
@@ -86,10 +97,21 @@ class GpuPipeline:
         if total > self.max_batch:  # the config's max_batch_size is the largest graph: cannot happen
             raise ValueError(f"{total} images in one execute exceed the largest CUDA graph ({self.max_batch})")
         t = time.perf_counter()
-        rows = torch_ops.letterbox_many(batches, self.imgsz, self.net.static_in)
+        if self.letterbox(batches):  # one shape, seen before: from its CUDA graph
+            h, w = batches[0].shape[1:3]
+            rows = torch_ops.plan_rows(h, w, self.imgsz, total)
+        else:
+            rows = torch_ops.letterbox_many(batches, self.imgsz, self.net.static_in)
         t = self._mark("letterbox", t)
-        raw = self.net.run_static(total).float()  # a copy: the graph's output is overwritten by the next replay
-        return Started(rows, raw, [b.shape[0] for b in batches], t)
+        out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time
+        self._finite.copy_(out.finite, non_blocking=True)
+        self._finite_ready.record()
+        sizes = [b.shape[0] for b in batches]
+        return Started(rows, out.raw, sizes, t, (out.scores, out.classes), self._replayed_finite)
+
+    def _replayed_finite(self) -> bool:
+        self._finite_ready.synchronize()
+        return bool(self._finite)
 
     def finish(
         self, run: Started, limits: Sequence[Limits], multi: Sequence[list[bool]], keep: Sequence[int] | None = None
@@ -101,23 +123,35 @@ class GpuPipeline:
         """
         if keep is not None and not keep:  # every request refused: nothing to wait for
             return []
-        raw, rows, sizes = run.raw, run.rows, run.sizes
-        if not bool(torch.isfinite(raw).all()):  # one synchronisation; a broken replay must never answer
-            self.eager_fallbacks += 1
-            raw = self.eager(self.net.static_in[: raw.shape[0]]).float()
         t = self._mark("network", run.t)
+        out = self._answers(run.raw, run.best, run, limits, multi, keep)
+        # Checked once NMS has synchronised (the flag is there by then): a broken replay never answers.
+        if not (run.finite() if run.finite is not None else bool(torch.isfinite(run.raw).all())):
+            self.eager_fallbacks += 1
+            raw = self.eager(self.net.static_in[: run.raw.shape[0]]).float()
+            out = self._answers(raw, None, run, limits, multi, keep)
+        self._mark("nms", t)
+        return out
+
+    def _answers(
+        self, raw: torch.Tensor, best: tuple[torch.Tensor, torch.Tensor] | None, run: Started,
+        limits: Sequence[Limits], multi: Sequence[list[bool]], keep: Sequence[int] | None,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        rows, sizes = run.rows, run.sizes
         if keep is not None and len(keep) < len(sizes):  # requests refused after start: drop their images
             offsets = np.cumsum([0, *sizes])
             index = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in keep]).astype(np.int64)
-            raw, rows, sizes = raw[torch.from_numpy(index).to(raw.device)], rows[index], [sizes[k] for k in keep]
+            rows, sizes = rows[index], [sizes[k] for k in keep]
+            on_device = torch.from_numpy(index).to(raw.device)
+            raw = raw[on_device]
+            best = None if best is None else (best[0][on_device], best[1][on_device])
         flat_limits = [x for per in limits for x in per]
         flat_multi = [x for per in multi for x in per]
-        dets: list[Detections] = torch_ops.postprocess_batch(raw, rows, flat_limits, flat_multi)
+        dets: list[Detections] = torch_ops.postprocess_batch(raw, rows, flat_limits, flat_multi, best)
         out, start = [], 0
         for n in sizes:
             out.append(pad_batch(dets[start : start + n]))
             start += n
-        self._mark("nms", t)
         return out
 
     def __call__(

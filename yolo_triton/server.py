@@ -282,8 +282,16 @@ class Server:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"{host}:{self.ports.grpc}"
+        """The gRPC endpoint, host:port."""
+        return f"{self._client_host}:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.ports.http}"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
 
     def start(self, timeout: float = 300.0) -> Server:
         if self.log:

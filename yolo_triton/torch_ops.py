@@ -12,6 +12,7 @@ torch is imported lazily by callers (the CPU path of the project does not need i
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +72,99 @@ def letterbox_many(batches: Sequence[torch.Tensor], size: int, out: torch.Tensor
         images = batches[i] if j == i + 1 else torch.cat(list(batches[i:j]))
         n, h, w = images.shape[:3]
         letterbox_batch(images, size, out=out[start : start + n])
-        rows.append(np.repeat(geometry.plan(h, w, size).as_array()[None], n, axis=0))
+        rows.append(plan_rows(h, w, size, n))
         start, i = start + n, j
     return np.concatenate(rows) if rows else np.zeros((0, 6), np.float32)
+
+
+def plan_rows(h: int, w: int, size: int, n: int) -> np.ndarray:
+    """The LETTERBOX rows of `n` images of one size, (n, 6) float32, from `geometry.plan`."""
+    return np.repeat(geometry.plan(h, w, size).as_array()[None], n, axis=0)
+
+
+class LetterboxGraphs:
+    """`letterbox_batch` replayed from a CUDA graph per batch shape (images, height, width).
+
+    Eager, the letterbox is eight kernel launches and their Python for a few microseconds of GPU
+    work, which at concurrency 1 is time on every request's path. A camera or a client sends the
+    same frame size again and again, so a shape seen twice is captured (a one-off shape is not
+    worth a capture) and then costs one copy into the graph's input and one replay. Each capture
+    is checked against the eager letterbox and refused, for good, on any difference. Graphs share
+    one memory pool (replays never overlap and keep nothing alive), the least recently used one
+    goes past `max_graphs`, and batches over `max_bytes` of pixels stay eager.
+    """
+
+    def __init__(self, size: int, out: torch.Tensor, max_graphs: int = 8, max_bytes: int = 1 << 24) -> None:
+        self.size, self.out = size, out
+        self.max_graphs, self.max_bytes = max_graphs, max_bytes
+        self.graphs: OrderedDict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = OrderedDict()
+        self.seen: set[tuple[int, int, int]] = set()
+        self.refused: dict[tuple[int, int, int], str] = {}  # shape -> why it stays eager
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def __call__(self, batches: Sequence[torch.Tensor]) -> bool:
+        """Letterbox `batches` (NHWC uint8 on out's GPU, one per request) into `out[:total]` from a
+        graph when one fits; False when the caller should run `letterbox_many` instead."""
+        h, w = batches[0].shape[1:3]
+        if any(b.shape[1:3] != (h, w) for b in batches[1:]):
+            return False
+        key = (sum(b.shape[0] for b in batches), h, w)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, batches)
+            if entry is None:
+                return False
+        self.graphs.move_to_end(key)
+        graph, static = entry
+        _copy_into(static, batches)
+        graph.replay()
+        return True
+
+    def _capture(
+        self, key: tuple[int, int, int], batches: Sequence[torch.Tensor]
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
+        n, h, w = key
+        if key in self.refused or n > self.out.shape[0] or n * h * w * 3 > self.max_bytes:
+            return None
+        if key not in self.seen:
+            self.seen.add(key)
+            return None
+        static = torch.empty((n, h, w, 3), dtype=torch.uint8, device=self.out.device)
+        _copy_into(static, batches)
+        target = self.out[:n]
+        side = torch.cuda.Stream(self.out.device)
+        side.wait_stream(torch.cuda.current_stream(self.out.device))
+        try:
+            with torch.cuda.stream(side):
+                letterbox_batch(static, self.size, out=target)  # warm-up on the capturing stream
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
+                    letterbox_batch(static, self.size, out=target)
+            torch.cuda.current_stream(self.out.device).wait_stream(side)
+            graph.replay()
+            replayed = target.clone()
+            letterbox_batch(static, self.size, out=target)
+            if not torch.equal(replayed, target):
+                raise RuntimeError("the replay differs from the eager letterbox")
+        except RuntimeError as e:  # a failed or wrong capture leaves this shape eager, which is correct
+            torch.cuda.current_stream(self.out.device).wait_stream(side)
+            self.refused[key] = f"{type(e).__name__}: {str(e)[:200]}"
+            return None
+        self.graphs[key] = (graph, static)
+        while len(self.graphs) > self.max_graphs:
+            self.graphs.popitem(last=False)
+        return graph, static
+
+
+def _copy_into(static: torch.Tensor, batches: Sequence[torch.Tensor]) -> None:
+    """Each request's images into consecutive rows of `static`."""
+    if len(batches) == 1:
+        static.copy_(batches[0])
+        return
+    start = 0
+    for b in batches:
+        static[start : start + b.shape[0]].copy_(b)
+        start += b.shape[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,9 +224,39 @@ def _multi_label_candidates(
     return img, anchor, cls, s3[img, anchor, cls]
 
 
+def best_class(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each anchor's best class score and class, (n, anchors) each, as `nms.decode` ranks them."""
+    return raw[:, 4:, :].max(1)
+
+
+@dataclass(frozen=True)
+class NetworkOutput:
+    """What the GPU pipeline's CUDA graphs leave after the network (`network_tail`).
+
+    Computed inside the graph, the cast, the per-anchor best class and the finiteness check cost
+    no launches of their own, and the check needs no synchronisation of its own either.
+    """
+
+    raw: torch.Tensor  # (b, 4 + nc, anchors) float32
+    scores: torch.Tensor  # (b, anchors) best class score
+    classes: torch.Tensor  # (b, anchors) int64
+    finite: torch.Tensor  # () bool: every value of raw is finite
+
+    def head(self, n: int) -> NetworkOutput:
+        """The first `n` images (the check still covers the whole bucket, padding included)."""
+        return NetworkOutput(self.raw[:n], self.scores[:n], self.classes[:n], self.finite)
+
+
+def network_tail(out: torch.Tensor) -> NetworkOutput:
+    """The network output as NMS reads it: float32, best class per anchor, and whether it is finite."""
+    raw = out.float()
+    scores, classes = best_class(raw)
+    return NetworkOutput(raw, scores, classes, torch.isfinite(raw).all())
+
+
 def decode_batch(
     raw: torch.Tensor, conf: Sequence[float], iou: Sequence[float], max_det: Sequence[int],
-    multi_label: Sequence[bool] | None = None,
+    multi_label: Sequence[bool] | None = None, best: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> BatchDetections:
     """`nms.decode` for every image of a (n, 4 + nc, anchors) batch with one NMS launch per IoU value.
 
@@ -143,7 +264,8 @@ def decode_batch(
     float64 on top of Ultralytics' float32 class offset, so every box is compared exactly as
     `nms.decode` compares it, yet a batch costs a few kernel launches and three host
     synchronisations (candidates, NMS, result) instead of a loop over images. Thresholds shared
-    by the whole batch (the usual case) stay Python scalars: no host-to-device copies.
+    by the whole batch (the usual case) stay Python scalars: no host-to-device copies. `best` is
+    `best_class(raw)` when the caller already has it (computed inside a CUDA graph).
     """
     import torchvision
 
@@ -155,7 +277,7 @@ def decode_batch(
     if multi_label is not None and any(multi_label):
         img, anchor, cand_classes, cand_scores = _multi_label_candidates(raw, thr, multi_label)  # sync 1
     else:
-        scores, classes = raw[:, 4:, :].max(1)  # (n, anchors): best class per anchor
+        scores, classes = best if best is not None else best_class(raw)  # (n, anchors)
         mask = scores > thr
         if anchors > MAX_NMS:  # keep only each image's MAX_NMS best candidates
             top = scores.masked_fill(~mask, float("-inf")).topk(MAX_NMS, dim=1).indices
@@ -206,11 +328,11 @@ def decode_batch(
 
 def postprocess_batch(
     raw: torch.Tensor, letterbox_rows: np.ndarray, limits: list[tuple[float, float, int]],
-    multi_label: Sequence[bool] | None = None,
+    multi_label: Sequence[bool] | None = None, best: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Detections]:
     """`postprocess.postprocess_one` for a batch: decode + NMS on raw's device, unletterbox on host."""
     conf, iou, max_det = zip(*limits)
-    dets = decode_batch(raw, conf, iou, max_det, multi_label).to_numpy(raw.shape[0])
+    dets = decode_batch(raw, conf, iou, max_det, multi_label, best).to_numpy(raw.shape[0])
     return [
         Detections(geometry.unletterbox(d.boxes, letterbox_rows[i]), d.scores, d.classes) if len(d.scores) else d
         for i, d in enumerate(dets)
@@ -292,7 +414,9 @@ class GraphedNetwork:
     replayed: one launch instead of ~200 kernels, which is what brings batch-1 latency close to
     the GPU time of the network itself. All graphs share one memory pool; that is safe because
     replays run one at a time on one stream and the caller copies the output out before the
-    next replay (`__call__` returns a view into the graph's static output).
+    next replay (`__call__` returns a view into the graph's static output). With `tail`, each
+    graph also runs `network_tail` on the output (`run_tail`), for a caller that reads it before
+    the next replay.
     """
 
     def __init__(
@@ -304,6 +428,7 @@ class GraphedNetwork:
         buckets: Sequence[int] = BUCKETS,
         channels_last: bool = True,
         warmup: int = 3,
+        tail: bool = False,
     ) -> None:
         self.buckets = tuple(sorted(buckets))
         self.device, self.dtype = device, dtype
@@ -318,6 +443,7 @@ class GraphedNetwork:
 
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.static_out: dict[int, torch.Tensor] = {}
+        self.static_tail: dict[int, NetworkOutput] = {}
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -325,10 +451,14 @@ class GraphedNetwork:
             for b in reversed(self.buckets):  # largest first: the pool is sized once
                 x = self.static_in[:b]
                 for _ in range(warmup):
-                    run(x)
+                    y = run(x)
+                    if tail:
+                        network_tail(y)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=side):
                     self.static_out[b] = run(x)
+                    if tail:
+                        self.static_tail[b] = network_tail(self.static_out[b])
                 self.graphs[b] = graph
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
@@ -365,6 +495,13 @@ class GraphedNetwork:
         """Replay on the first `n` rows the caller wrote into `static_in` (no input copy); a view."""
         self.graphs[self.bucket(n)].replay()
         return self.static_out[self.bucket(n)][:n]
+
+    def run_tail(self, n: int) -> NetworkOutput:
+        """`run_static` with the tail computed in the graph (built with `tail=True`): views, valid
+        until the next replay."""
+        b = self.bucket(n)
+        self.graphs[b].replay()
+        return self.static_tail[b].head(n)
 
     def replay(self, b: int) -> None:
         """Replay bucket `b` on whatever the static input holds (for timing the network alone)."""

@@ -42,6 +42,7 @@ class TritonPythonModel:
         except (FileNotFoundError, ValueError, RuntimeError) as e:  # no artefact, a wrong one, a failed graph check
             raise pb_utils.TritonModelException(str(e)) from None
         self.option_stream = torch.cuda.Stream(self.device)  # see execute()
+        self.refusals = 0  # letterbox shapes whose CUDA graph was refused, logged so far
         pb_utils.Logger.log_info(f"pipeline_gpu: {self.pipeline.network_note}")
 
     def execute(self, requests: list) -> list:
@@ -62,6 +63,8 @@ class TritonPythonModel:
             # The GPU letterboxes and runs the network while the host reads and checks the options
             # (a copy and a synchronisation when they sit in GPU memory): they are only needed for NMS.
             run = self.pipeline.start(batches)
+            if len(self.pipeline.letterbox.refused) > self.refusals:
+                self._log_refusals()
             keep, limits, multi = [], [], []
             for k, i in enumerate(owners):
                 try:
@@ -82,3 +85,9 @@ class TritonPythonModel:
                 pb_utils.Logger.log_warn("pipeline_gpu: a CUDA graph replay was not finite; answered with the "
                                          f"eager network ({self.pipeline.eager_fallbacks} times so far)")
         return responses
+
+    def _log_refusals(self) -> None:
+        refused = list(self.pipeline.letterbox.refused.items())
+        for (n, h, w), why in refused[self.refusals :]:
+            pb_utils.Logger.log_warn(f"pipeline_gpu: {n} image(s) of {w}x{h} stay on the eager letterbox: {why}")
+        self.refusals = len(refused)
