@@ -85,7 +85,7 @@ def plan_rows(h: int, w: int, size: int, n: int) -> np.ndarray:
 class LetterboxGraphs:
     """`letterbox_batch` replayed from a CUDA graph per batch shape (images, height, width).
 
-    Eager, the letterbox is eight kernel launches and their Python for a few microseconds of GPU
+    Eager, the letterbox is up to eight kernel launches and their Python for a few microseconds of GPU
     work, which at concurrency 1 is time on every request's path. A camera or a client sends the
     same frame size again and again, so a shape seen twice is captured (a one-off shape is not
     worth a capture) and then costs one copy into the graph's input and one replay. Each capture
@@ -491,14 +491,9 @@ class GraphedNetwork:
         self.graphs[b].replay()
         return self.static_out[b][:n]
 
-    def run_static(self, n: int) -> torch.Tensor:
-        """Replay on the first `n` rows the caller wrote into `static_in` (no input copy); a view."""
-        self.graphs[self.bucket(n)].replay()
-        return self.static_out[self.bucket(n)][:n]
-
     def run_tail(self, n: int) -> NetworkOutput:
-        """`run_static` with the tail computed in the graph (built with `tail=True`): views, valid
-        until the next replay."""
+        """Replay on the first `n` rows the caller wrote into `static_in` (no input copy) and return
+        the tail computed in the graph (built with `tail=True`): views, valid until the next replay."""
         b = self.bucket(n)
         self.graphs[b].replay()
         return self.static_tail[b].head(n)
