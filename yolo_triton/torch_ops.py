@@ -91,12 +91,15 @@ class LetterboxGraphs:
     worth a capture) and then costs one copy into the graph's input and one replay. Each capture
     is checked against the eager letterbox and refused, for good, on any difference. Graphs share
     one memory pool (replays never overlap and keep nothing alive), the least recently used one
-    goes past `max_graphs`, and batches over `max_bytes` of pixels stay eager.
+    goes past `max_graphs`, and batches over `max_bytes` of pixels stay eager. The shapes seen once
+    are forgotten past `max_seen`, so clients sending ever-new sizes cannot grow the set forever.
     """
 
-    def __init__(self, size: int, out: torch.Tensor, max_graphs: int = 8, max_bytes: int = 1 << 24) -> None:
+    def __init__(
+        self, size: int, out: torch.Tensor, max_graphs: int = 8, max_bytes: int = 1 << 24, max_seen: int = 4096
+    ) -> None:
         self.size, self.out = size, out
-        self.max_graphs, self.max_bytes = max_graphs, max_bytes
+        self.max_graphs, self.max_bytes, self.max_seen = max_graphs, max_bytes, max_seen
         self.graphs: OrderedDict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = OrderedDict()
         self.seen: set[tuple[int, int, int]] = set()
         self.refused: dict[tuple[int, int, int], str] = {}  # shape -> why it stays eager
@@ -127,6 +130,8 @@ class LetterboxGraphs:
         if key in self.refused or n > self.out.shape[0] or n * h * w * 3 > self.max_bytes:
             return None
         if key not in self.seen:
+            if len(self.seen) >= self.max_seen:
+                self.seen.clear()
             self.seen.add(key)
             return None
         static = torch.empty((n, h, w, 3), dtype=torch.uint8, device=self.out.device)
