@@ -9,7 +9,10 @@ HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 HOST ?= 127.0.0.1
 MODEL ?= yolov8n
-export GRPC_PORT HTTP_PORT METRICS_PORT HOST
+REPO ?= model_repository
+# HTTP=1: also serve HTTP, behind nginx with request limits (docs/security.md); gRPC only otherwise
+HTTP ?=
+export GRPC_PORT HTTP_PORT METRICS_PORT HOST HTTP
 
 IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
 # e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see build/build_engines.py --help)
@@ -26,8 +29,8 @@ setup: ## create .venv with the pinned dependencies (quick when done)
 build-engines: setup ## export WEIGHTS (default yolov8n.pt) to ONNX (+ TensorRT where present) into model_repository/
 	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(TRT_ARGS)
 
-serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1) and GRPC_PORT/HTTP_PORT/METRICS_PORT
-	@$(PY) -m yolo_triton.server
+serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1), GRPC_PORT/METRICS_PORT (HTTP=1: HTTP_PORT via nginx); Ctrl-C drains
+	@$(PY) -m yolo_triton.server --repo $(REPO)
 
 demo: setup ## the main job: build, serve, detect on assets/samples, per-stage times, annotated images in runs/demo
 	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(if $(filter command line,$(origin WEIGHTS)),,--fallback)

@@ -7,7 +7,40 @@ cd "$(dirname "$0")/.."
 venv=.venv
 stamp="$venv/.setup-stamp"
 want="$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+
+nginx_present() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
+
+ensure_nginx() {
+  # HTTP serving puts nginx in front of tritonserver (yolo_triton/http_proxy.py: Triton's own HTTP
+  # endpoint has no size, nesting or decompression limits). gRPC needs nothing from it, so a
+  # failure here costs HTTP only and does not fail the set-up.
+  nginx_present && return 0
+  if [[ "$(id -u)" -ne 0 ]]; then
+    echo "setup: nginx is not installed, so HTTP serving is unavailable (gRPC is not affected): sudo apt-get install nginx-light"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: nginx is not installed and there is no apt-get here, so HTTP serving is unavailable: install nginx"
+    return 0
+  fi
+  echo "setup: installing nginx-light (the HTTP front for tritonserver)"
+  local log
+  log="$(mktemp)"
+  if DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1 \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >>"$log" 2>&1 && nginx_present; then
+    echo "setup: nginx installed"
+    # The package starts Debian's default site (port 80, every interface) where services may start.
+    # The project runs its own nginx per server; nothing should listen that nobody asked for.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+    if command -v service >/dev/null 2>&1; then service nginx stop >/dev/null 2>&1 || true; fi
+  else
+    echo "setup: could not install nginx-light, so HTTP serving is unavailable: $(grep -E '^(E|W):' "$log" | tail -n 1 || tail -n 1 "$log")"
+  fi
+  rm -f "$log"
+}
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  ensure_nginx
   exit 0
 fi
 
@@ -36,3 +69,4 @@ echo "setup: installing pinned dependencies (first run downloads a few GB)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "$want" > "$stamp"
 echo "setup: $venv ready"
+ensure_nginx

@@ -78,7 +78,7 @@ def served_throughput(
     With shared memory every request reads the same registered region (the same images)."""
     with DetectorClient(url, model=model, timeout_s=120) as c:
         batch = np.repeat(image[None], per_request, axis=0)
-        region = ShmRegion.create(c.client, batch.nbytes) if shared_memory else None
+        region = ShmRegion.create(c.client, batch.nbytes, c.headers) if shared_memory else None
         inputs = build_inputs(batch, image_input=region.input(batch) if region else None)
         done = threading.Semaphore(0)
         errors: list[Exception] = []

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yolo_triton import images, perf_tools, repository, spec, stats  # noqa: E402
+from yolo_triton import http_proxy, images, perf_tools, repository, spec, stats  # noqa: E402
 from yolo_triton.client import DetectorClient  # noqa: E402
 from yolo_triton.server import Server  # noqa: E402
 
@@ -218,7 +218,8 @@ def perf_analyzer(server: Server, model: str, data: Path, shape: tuple[int, ...]
             "--input-data", str(data), "--shape", f"{spec.IMAGE.name}:{','.join(map(str, shape))}",
             "--concurrency-range", str(r.concurrency), "--percentile", "50", "-f", str(csv_path)]
     if r.shm != "none":
-        base += ["--shared-memory", r.shm, "--output-shared-memory-size", str(1 << 20)]
+        base += ["--shared-memory", r.shm, "--output-shared-memory-size", str(1 << 20),
+                 *perf_tools.key_args(server.url, r.protocol)]
     before = stats.snapshot(client.model_stats())
     log = []
     for cmd in (base + ["--measurement-interval", str(interval_ms), "-s", "10", "-r", "6"],
@@ -279,7 +280,14 @@ def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: 
     data = write_input_data(image, run / "perf_analyzer" / "input.json")
     keys = sorted({v.key for v in spec.VARIANTS if v.ensemble in models or v.pipeline in models})
     results, check = [], {}
-    with Server(repo, log=run / "tritonserver.log", only=keys) as server:
+    http = any(level.protocol == "http" for level in levels)
+    if http:  # HTTP is served only behind nginx (docs/security.md)
+        try:
+            http_proxy.find_nginx()
+        except http_proxy.ProxyUnavailable as e:
+            print(f"HTTP levels skipped: {e}", flush=True)
+            levels, http = [level for level in levels if level.protocol != "http"], False
+    with Server(repo, log=run / "tritonserver.log", only=keys, http=http) as server:
         print(server.describe(), flush=True)
         for model in models:
             with DetectorClient(server.url, model=model, timeout_s=120) as client:

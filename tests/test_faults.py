@@ -109,49 +109,97 @@ def test_stub_killed_under_load_loses_no_request(repo, tmp_path):
             same(r, expected)
 
 
-def _launcher(repo: Path, ports: Ports, log: Path) -> subprocess.Popen:
-    """`make serve`'s process: python -m yolo_triton.server."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "TRITON_API_KEY")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "yolo_triton.server", "--repo", str(repo), "--grpc-port", str(ports.grpc),
-         "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+def _launcher(repo: Path, ports: Ports, log: Path, how: str = "launcher") -> subprocess.Popen:
+    """`make serve`'s process, `python -m yolo_triton.server`, in a process group of its own.
+
+    how="make-tty": `make serve` itself, on a pseudo-terminal that is its controlling terminal,
+    as a person runs it (Ctrl-C is then the terminal's, sent by writing ^C to it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "TRITON_API_KEY", "HTTP")}
+    if how != "make-tty":
+        return subprocess.Popen(
+            [sys.executable, "-m", "yolo_triton.server", "--repo", str(repo), "--grpc-port", str(ports.grpc),
+             "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)],
+            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "serve", f"REPO={repo}", f"GRPC_PORT={ports.grpc}",
+         f"HTTP_PORT={ports.http}", f"METRICS_PORT={ports.metrics}"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, start_new_session=True,
+        preexec_fn=controlling_terminal)
+    os.close(slave)
+    proc.terminal = master  # type: ignore[attr-defined]
+
+    def copy_output() -> None:  # the terminal's output, into the log the test reads
+        with log.open("ab", buffering=0) as out:
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                out.write(chunk)
+
+    log.write_bytes(b"")
+    threading.Thread(target=copy_output, daemon=True).start()
+    return proc
 
 
 def _stop_launcher(proc: subprocess.Popen) -> None:
     """After a failure: stop its tritonserver too (killing only the launcher would orphan it)."""
     if proc.poll() is not None:
         return
-    servers = psutil.Process(proc.pid).children()
+    servers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "tritonserver" in p.name()]
     for s in servers:
         s.terminate()
     _, alive = psutil.wait_procs(servers, timeout=60)
     for s in alive:
         s.kill()
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        p.kill()
     proc.kill()
     proc.wait()
 
 
 def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    while "ready on grpc" not in log.read_text():
-        assert proc.poll() is None, log.read_text()[-3000:]
+    while "ready on grpc" not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         assert time.monotonic() < deadline, "launcher not ready"
         time.sleep(0.25)
 
 
-def test_sigterm_drains_in_flight_requests_then_exits_0(repo, tmp_path):
+STOPS = {
+    "sigterm-to-launcher": lambda proc: proc.send_signal(signal.SIGTERM),
+    "sigterm-to-process-group": lambda proc: os.killpg(proc.pid, signal.SIGTERM),
+    "ctrl-c-on-make-serve": lambda proc: os.write(proc.terminal, b"\x03"),
+}
+
+
+@pytest.mark.parametrize("how", list(STOPS), ids=list(STOPS))
+def test_every_way_of_stopping_drains_in_flight_requests_then_exits_0(repo, tmp_path, how):
+    """tritonserver runs in a session of its own: the signal reaches the launcher (under make, the
+    launcher is the terminal's foreground group, so make never sees the Ctrl-C), which drains,
+    stops tritonserver, and exits 0; make then exits 0 too."""
     ports, log = Ports.free(), tmp_path / "serve.log"
-    proc = _launcher(repo, ports, log)
+    proc = _launcher(repo, ports, log, "make-tty" if how.startswith("ctrl-c") else "launcher")
     url = f"127.0.0.1:{ports.grpc}"
     try:
         _wait_ready(proc, log)
         # Small photos in full batches: the requests arrive at once (a few MB each) and still take
-        # the server seconds (3 x 64 images), so they are surely in flight at SIGTERM.
+        # the server seconds (8 x 32 images), so they are surely in flight at the signal.
         image = cv2.resize(photo(), (160, 120))
         with DetectorClient(url, timeout_s=120) as c:
             expected = c.detect(image).detections
-        batch = np.stack([image] * spec.MAX_BATCH)
+        batch = np.stack([image] * 32)
         done: list[object] = []
 
         def big_request() -> None:
@@ -161,13 +209,13 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(repo, tmp_path):
                 except ServerError as e:
                     done.append(e)
 
-        threads = [threading.Thread(target=big_request) for _ in range(3)]
+        threads = [threading.Thread(target=big_request) for _ in range(8)]
         for t in threads:
             t.start()
         time.sleep(1.0)
-        assert not done, "the requests finished before SIGTERM: make them bigger"
+        assert not done, "the requests finished before the signal: make them bigger"
         signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        STOPS[how](proc)
 
         # While draining, a new request is refused at once (not queued, not hung).
         time.sleep(0.5)
@@ -184,15 +232,17 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(repo, tmp_path):
         took = time.monotonic() - signalled
     finally:
         _stop_launcher(proc)
+    text = log.read_text(errors="replace")
     errors = [r for r in done if isinstance(r, ServerError)]
     assert not errors and len(done) == len(threads), errors
     for dets in done:
         assert len(dets) == len(batch)
         for d in dets:
             same(d, expected)
-    assert rc == 0, log.read_text()[-3000:]
-    assert "in-flight requests done" in log.read_text()
-    print(f"SIGTERM -> exit 0 after {took:.1f} s, {len(done)} in-flight batches of {len(batch)} completed")
+    assert rc == 0, text[-3000:]
+    assert "in-flight requests done" in text
+    assert "make: ***" not in text, text[-2000:]  # make's own "make: *** [Makefile:33: serve] Interrupt"
+    print(f"{how} -> exit 0 after {took:.1f} s, {len(done)} in-flight batches of {len(batch)} completed")
 
     # After the exit, a request fails fast with UNAVAILABLE.
     with DetectorClient(url, timeout_s=3) as c:
@@ -245,3 +295,20 @@ def test_deadline_exceeded_is_a_clear_error_and_the_server_carries_on(server):
     with DetectorClient(server.url, timeout_s=120) as c:
         det = c.detect(image).detections
     assert det.boxes.shape == (len(det.scores), 4)
+
+
+def test_a_killed_launcher_leaves_no_tritonserver(repo, tmp_path):
+    """tritonserver runs in a session of its own (a Ctrl-C must reach the launcher alone), so it is
+    told to end with the launcher: SIGKILL the launcher, and tritonserver and its stubs go too."""
+    ports, log = Ports.free(), tmp_path / "serve.log"
+    proc = _launcher(repo, ports, log)
+    try:
+        _wait_ready(proc, log)
+        triton = [p for p in psutil.Process(proc.pid).children() if "tritonserver" in p.name()]
+        assert len(triton) == 1
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(triton, timeout=60)
+        assert not alive, "tritonserver outlived its launcher"
+    finally:
+        _stop_launcher(proc)

@@ -628,7 +628,7 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
     with DetectorClient(server.url) as c:
         before = c.model_stats(FUSED.pipeline)["model_stats"][0]
     client = InferenceServerClient(server.url)
-    regions = [ShmRegion.create(client, im.nbytes) for im in images]
+    regions = [ShmRegion.create(client, im.nbytes, server.headers) for im in images]
     try:
         shared = [region.input(im[None]) for region, im in zip(regions, images)]
         good = {"conf": spec.DEFAULT_CONF, "iou": spec.DEFAULT_IOU, "max_det": spec.DEFAULT_MAX_DET}

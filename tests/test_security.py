@@ -1,6 +1,7 @@
-"""Secure defaults against real servers: local binding by default; bound beyond localhost, the
-model-repository, shared-memory, logging and trace APIs need the key while inference stays open.
-All traffic goes to 127.0.0.1, also when the server listens on 0.0.0.0."""
+"""Secure defaults against real servers: local binding by default; on every address, the
+model-repository, shared-memory, logging and trace APIs need the key while inference stays open;
+HTTP only on request, behind nginx. All traffic goes to 127.0.0.1, also when the server listens
+on 0.0.0.0."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import tritonclient.grpc as grpcclient
 from conftest import ROOT, sample_images
 from tritonclient.utils import InferenceServerException
 
-from yolo_triton import spec
+from yolo_triton import keys, spec
 from yolo_triton.client import DetectorClient, retryable
-from yolo_triton.server import API_KEY_HEADER, LaunchError, Server, key_headers
+from yolo_triton.keys import API_KEY_HEADER, key_headers
+from yolo_triton.server import LaunchError, Server
 
 KEY = secrets.token_urlsafe(24)
 
@@ -40,26 +42,33 @@ def test_make_serve_defaults_to_loopback():
     assert "HOST ?= 127.0.0.1" in text
 
 
-def test_exposed_server_needs_a_key(repo):
-    with pytest.raises(LaunchError, match="TRITON_API_KEY"):
-        Server(repo, host="0.0.0.0")
+def test_weak_keys_are_refused(repo):
     for weak in ("short", "has:colon-and-is-long-enough", "has,comma-and-is-long-enough"):
         with pytest.raises(LaunchError, match="at least 16 characters"):
             Server(repo, host="0.0.0.0", api_key=weak)
 
 
-def test_launcher_refuses_to_expose_without_a_key(repo):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_API_KEY"}
+def test_launcher_refuses_a_weak_key(repo):
+    env = {**os.environ, "TRITON_API_KEY": "too-short"}
     out = subprocess.run([sys.executable, "-m", "yolo_triton.server", "--repo", str(repo), "--host", "0.0.0.0"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 2 and "TRITON_API_KEY" in out.stderr, out.stderr
 
 
+def test_http_is_off_by_default(server):
+    """Triton's HTTP endpoint has no size, nesting or decompression limits: it is not opened unless
+    asked for, and then only behind nginx (test_http_front.py)."""
+    assert "--allow-http=false" in server.cmd
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{server.ports.http}/v2/health/ready", timeout=5)
+
+
 @pytest.fixture(scope="module")
 def exposed(repo, tmp_path_factory):
     log = tmp_path_factory.mktemp("exposed") / "tritonserver.log"
-    with Server(repo, host="0.0.0.0", api_key=KEY, log=log) as s:
+    with Server(repo, host="0.0.0.0", api_key=KEY, log=log, http=True) as s:
         assert s.url.startswith("127.0.0.1:")
+        assert keys.read_key(s.url) == KEY  # a key given by TRITON_API_KEY is the one in the file
         yield s
 
 
@@ -82,8 +91,12 @@ RESTRICTED = {
 }
 
 
-def test_exposed_server_listens_on_all_interfaces(exposed):
-    assert listening(exposed.proc.pid) & {"0.0.0.0", "::"}
+def test_exposed_server_listens_on_all_interfaces_but_http_only_through_nginx(exposed):
+    addresses = listening(exposed.proc.pid)
+    assert addresses & {"0.0.0.0", "::"}
+    inner = {c.laddr for c in psutil.Process(exposed.proc.pid).net_connections(kind="inet")
+             if c.status == psutil.CONN_LISTEN and c.laddr.port == exposed.inner_http_port}
+    assert inner and {a.ip for a in inner} <= {"127.0.0.1"}, inner  # Triton's own HTTP: loopback, proxy key
 
 
 @pytest.mark.parametrize("api", list(RESTRICTED), ids=list(RESTRICTED))

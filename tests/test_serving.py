@@ -123,7 +123,7 @@ def test_shared_memory_input_gives_the_same_detections(server, client):
             assert_same_detections(got, want.boxes, want.scores, want.classes, iou_min=0.9999, score_tol=1e-6)
         batch, _ = shm_client.infer(np.stack([images[0], images[0]]))
         assert len(batch) == 2 and len(batch[0].scores) == len(batch[1].scores) > 0
-    status = client.client.get_system_shared_memory_status(as_json=True)
+    status = client.client.get_system_shared_memory_status(as_json=True, headers=server.headers)
     assert not status.get("regions"), "the client unregisters its region on close"
 
 
@@ -132,7 +132,7 @@ def test_shared_memory_region_holds_exactly_the_images_written(client):
     from yolo_triton.client import ShmRegion, _shm_module
 
     rng = np.random.default_rng(5)
-    region = ShmRegion.create(client.client, 1 << 16)
+    region = ShmRegion.create(client.client, 1 << 16, client.headers)
     try:
         for shape in ((1, 40, 30, 3), (2, 20, 50, 3)):
             images = rng.integers(0, 256, shape, dtype=np.uint8)

@@ -18,7 +18,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from yolo_triton import spec
+from yolo_triton import keys, spec
 from yolo_triton.nms import Detections
 from yolo_triton.postprocess import unpad
 from yolo_triton.validation import check_images, check_thresholds
@@ -115,15 +115,17 @@ def _shm_module():  # noqa: ANN202 - tritonclient.utils.shared_memory
 class ShmRegion:
     """A system shared-memory region registered with the server, reused for every request."""
 
-    def __init__(self, name: str, handle: object, size: int) -> None:
-        self.name, self.handle, self.size = name, handle, size
+    def __init__(self, name: str, handle: object, size: int, headers: dict[str, str] | None = None) -> None:
+        self.name, self.handle, self.size, self.headers = name, handle, size, headers
         # A writable view of the mapping, so images are copied in once: tritonclient's
         # set_shared_memory_region flattens (copies) the array before its own memmove, a second
         # pass over 2.6 MB for every 1080x810 photo.
         self.view: np.ndarray | None = _shm_module().get_contents_as_numpy(handle, np.uint8, [size])
 
     @staticmethod
-    def create(client: grpcclient.InferenceServerClient, size: int) -> ShmRegion:
+    def create(client: grpcclient.InferenceServerClient, size: int, headers: dict[str, str] | None) -> ShmRegion:
+        """A new region of `size` bytes, registered with the server. Registering is an admin call:
+        `headers` carry the server's admin key (yolo_triton.keys.headers_for)."""
         import os
         import uuid
 
@@ -132,8 +134,19 @@ class ShmRegion:
         # that name (a client that was never closed) made the next registration fail.
         name = f"yolo_triton_{os.getpid()}_{uuid.uuid4().hex[:12]}_{size}"
         handle = shm.create_shared_memory_region(name, f"/{name}", size)
-        client.register_system_shared_memory(name, f"/{name}", size)
-        return ShmRegion(name, handle, size)
+        try:
+            client.register_system_shared_memory(name, f"/{name}", size, headers=headers)
+        except InferenceServerException as e:
+            shm.destroy_shared_memory_region(handle)
+            if "restricted" in str(e.message()):
+                raise ServerError(
+                    "the server refused to register shared memory without its admin key: run the client on the "
+                    "server's host as the user who started it (the key is read from the launch's key file), or "
+                    "set TRITON_API_KEY; or send the pixels in the request instead (shared_memory=False)",
+                    e.status(),
+                ) from None
+            raise
+        return ShmRegion(name, handle, size, headers)
 
     def input(self, images: np.ndarray) -> grpcclient.InferInput:
         if self.view is None:
@@ -150,7 +163,7 @@ class ShmRegion:
 
         shm = _shm_module()
         with contextlib.suppress(Exception):  # the server may be gone already; the region is ours to free
-            client.unregister_system_shared_memory(self.name)
+            client.unregister_system_shared_memory(self.name, headers=self.headers)
         self.view = None  # unmapped next: a write through it would crash the process
         shm.destroy_shared_memory_region(self.handle)
 
@@ -165,11 +178,15 @@ class DetectorClient:
         backoff_s: float = 0.25,
         max_backoff_s: float = 2.0,
         shared_memory: bool = False,
+        api_key: str | None = None,
     ) -> None:
         """`shared_memory`: hand images over through a system shared-memory region instead of the
         gRPC message (client and server on one host). A 1080x810 photo is 2.6 MB of pixels, and
-        moving it through gRPC costs more than pre- and postprocessing together (bench-cpu)."""
+        moving it through gRPC costs more than pre- and postprocessing together (bench-cpu).
+        Registering the region needs the server's admin key: `api_key`, else TRITON_API_KEY, else
+        the key file of a server this user started on this host (yolo_triton.keys)."""
         self.url, self.model = url, model
+        self.headers = keys.key_headers(api_key) if api_key else keys.headers_for(url)
         self._shm: ShmRegion | None = None
         self.shared_memory = shared_memory
         self.timeout_s, self.retries, self.backoff_s, self.max_backoff_s = timeout_s, retries, backoff_s, max_backoff_s
@@ -241,7 +258,7 @@ class DetectorClient:
             if self._shm is None or self._shm.size < images.nbytes:
                 if self._shm is not None:
                     self._shm.release(self.client)
-                self._shm = ShmRegion.create(self.client, max(images.nbytes, 4 << 20))
+                self._shm = ShmRegion.create(self.client, max(images.nbytes, 4 << 20), self.headers)
             image_input = self._shm.input(images)
         inputs = build_inputs(images, conf, iou, max_det, multi_label, image_input)
         result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)

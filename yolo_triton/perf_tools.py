@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_triton import images, spec
-from yolo_triton.server import DEFAULT_REPO, bundled_libs, running
+from yolo_triton import guard, images, keys, spec
+from yolo_triton.server import DEFAULT_REPO, running
+from yolo_triton.triton_install import bundled_libs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"
@@ -75,12 +76,32 @@ def _lib_links() -> Path | None:
 
 
 def perf_analyzer_env() -> dict[str, str]:
+    """The environment perf_analyzer runs in: the wheel's libraries, and the guard preloaded so that
+    a key passed as @@file@@ (key_args) is read inside the process, never seen in its arguments."""
     env = dict(os.environ)
     links = _lib_links()
     if links is not None:
         old = env.get("LD_LIBRARY_PATH")
         env["LD_LIBRARY_PATH"] = f"{links}{os.pathsep}{old}" if old else str(links)
-    return env
+    env.pop("TRITON_API_KEY", None)
+    try:
+        return guard.preload_env(env)
+    except guard.GuardUnavailable:
+        return env  # perf_analyzer runs; only shared memory (key_args) needs the guard
+
+
+def key_args(url: str, protocol: str = "grpc") -> list[str]:
+    """perf_analyzer's `-H` for the admin key of the server whose gRPC endpoint is `url` (registering
+    shared memory needs it), naming the key's file: the launch's own for a server of this user on
+    this host, else a private copy of TRITON_API_KEY. Empty when no key is known."""
+    key = keys.read_key(url)
+    if key is None:
+        return []
+    path = keys.key_file(int(url.rsplit(":", 1)[1]))
+    if not path.exists() or path.read_text().strip() != key:
+        path = keys.write_private(keys.state_dir() / "perf_analyzer-key", key + "\n")
+    header = keys.API_KEY_HEADER if protocol == "http" else keys.GRPC_KEY_PREFIX + keys.API_KEY_HEADER
+    return ["-H", f"{header}:{keys.secret_token(path)}"]
 
 
 def perf_analyzer_version() -> str:
@@ -328,18 +349,19 @@ def server_info(target: Target) -> dict:
 
 
 def loaded_variants(url: str) -> list[str]:
-    """Ensembles of spec.VARIANTS that the server has READY, in spec order."""
+    """Ensembles of spec.VARIANTS that the server has READY, in spec order.
+
+    Asked model by model through the health API, which is open: the repository index needs the
+    server's admin key."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=30).get("models", [])
+        return [v.ensemble for v in spec.VARIANTS if client.is_model_ready(v.ensemble, client_timeout=30)]
     except Exception as e:  # noqa: BLE001 - tritonclient raises its own type; the message is what matters
         raise PerfToolError(f"cannot reach tritonserver at {url}: {str(e).splitlines()[0][:200]}") from None
     finally:
         client.close()
-    ready = {m["name"] for m in index if m.get("state") == "READY"}
-    return [v.ensemble for v in spec.VARIANTS if v.ensemble in ready]
 
 
 def variant_of(model: str) -> spec.Variant | None:

@@ -18,8 +18,10 @@ import numpy as np
 from yolo_triton import geometry, spec
 from yolo_triton.ort_session import make_session
 from yolo_triton.postprocess import postprocess_batch
+from yolo_triton.validation import InputError
 
 Limits = list[tuple[float, float, int]]
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class OrtPipeline:
@@ -35,8 +37,13 @@ class OrtPipeline:
 
     def __call__(
         self, batches: Sequence[np.ndarray], limits: Sequence[Limits], multi: Sequence[list[bool]]
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """One response's (BOXES, SCORES, CLASSES, NUM_DETECTIONS) per request; images checked by the caller."""
+    ) -> list[Outputs | InputError]:
+        """One response's (BOXES, SCORES, CLASSES, NUM_DETECTIONS) per request; images checked by the caller.
+
+        A request whose NMS exceeds the server's budget (`nms.NMS_PAIRS_PER_ANCHOR`) gets its
+        InputError in its place, to be answered INVALID_ARG: the requests it was batched with
+        are still served.
+        """
         total = sum(b.shape[0] for b in batches)
         if total > spec.MAX_BATCH:  # the config's max_batch_size: cannot happen inside Triton
             raise ValueError(f"{total} images in one execute exceed the batch buffer ({spec.MAX_BATCH})")
@@ -49,6 +56,9 @@ class OrtPipeline:
         out, start = [], 0
         for b, lb, lim, ml in zip(batches, rows, limits, multi):
             n = b.shape[0]
-            out.append(postprocess_batch(raw[start : start + n], lb, lim, ml))
+            try:
+                out.append(postprocess_batch(raw[start : start + n], lb, lim, ml))
+            except InputError as e:
+                out.append(e)
             start += n
         return out

@@ -5,14 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from yolo_triton.geometry import unletterbox
-from yolo_triton.nms import Detections, decode
+from yolo_triton.nms import Detections, NmsBudgetExceeded, PairBudget, decode
 
 
 def postprocess_one(
-    raw: np.ndarray, lb: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool = False
+    raw: np.ndarray,
+    lb: np.ndarray,
+    conf: float,
+    iou: float,
+    max_det: int,
+    multi_label: bool = False,
+    budget: PairBudget | None = None,
 ) -> Detections:
-    """One image: (4 + nc, anchors) output and its LETTERBOX row -> detections in image pixels."""
-    det = decode(raw, conf, iou, max_det, multi_label)
+    """One image: (4 + nc, anchors) output and its LETTERBOX row -> detections in image pixels.
+
+    `budget`: the NMS work this image may cost (None: unbounded); see `nms.NMS_PAIRS_PER_ANCHOR`."""
+    det = decode(raw, conf, iou, max_det, multi_label, budget)
     return Detections(unletterbox(det.boxes, lb), det.scores, det.classes) if len(det.scores) else det
 
 
@@ -31,10 +39,28 @@ def pad_batch(dets: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def postprocess_batch(
-    raw: np.ndarray, lb: np.ndarray, limits: list[tuple[float, float, int]], multi_label: list[bool] | None = None
+    raw: np.ndarray,
+    lb: np.ndarray,
+    limits: list[tuple[float, float, int]],
+    multi_label: list[bool] | None = None,
+    bounded: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One request's images -> its padded outputs.
+
+    `bounded` (what the servers use): each image's NMS gets the server's counted budget
+    (`PairBudget.for_anchors`), so no request can hold the model for more than a bounded
+    multiple of its network time; an image over it raises NmsBudgetExceeded, an InputError the
+    models answer with INVALID_ARG for this request only. Nothing is ever silently truncated.
+    """
     flags = multi_label or [False] * raw.shape[0]
-    return pad_batch([postprocess_one(raw[i], lb[i], *limits[i], flags[i]) for i in range(raw.shape[0])])
+    dets = []
+    for i in range(raw.shape[0]):
+        budget = PairBudget.for_anchors(raw.shape[2]) if bounded else None
+        try:
+            dets.append(postprocess_one(raw[i], lb[i], *limits[i], flags[i], budget))
+        except NmsBudgetExceeded as e:
+            raise NmsBudgetExceeded(f"image {i} of {raw.shape[0]}: {e}") from None
+    return pad_batch(dets)
 
 
 def unpad(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, counts: np.ndarray) -> list[Detections]:

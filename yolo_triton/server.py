@@ -1,130 +1,67 @@
-"""Find a tritonserver, decide what it can load, start it, and wait until it serves.
+"""Decide what a tritonserver can load, start it guarded, and wait until it serves.
 
-    python -m yolo_triton.server [--repo model_repository] [--host 127.0.0.1] [--grpc-port 8001] ...
+    python -m yolo_triton.server [--repo model_repository] [--host 127.0.0.1] [--grpc-port 8001] [--http] ...
 
-A `tritonserver` on PATH (NVIDIA's container) is used first; otherwise the one bundled in the
-`nvidia-pytriton` wheel, whose python backend is assembled under .venv/ with the stub that
-matches this interpreter. Only variants whose backend, device and artefact are present are
-loaded; the rest are named with the reason. `yolov8n` is pointed at the best loadable variant.
+Only variants whose backend, device and artefact are present are loaded; the rest are named
+with the reason. `yolov8n` is pointed at the best loadable variant.
 
-While it runs, a watchdog reloads any python model whose stub process died (yolo_triton.watchdog);
-on SIGTERM/SIGINT (and Server.stop) in-flight requests are drained before tritonserver is stopped
-(Server.drain). Bound beyond localhost, the admin APIs need TRITON_API_KEY (docs/security.md).
+What a caller can reach (docs/security.md):
+- gRPC on `host`: inference, health, metadata and statistics for anyone; the model-repository,
+  shared-memory, logging and trace APIs only with the per-launch admin key (yolo_triton.keys),
+  on loopback too.
+- HTTP only when asked for (`--http`): Triton's own HTTP endpoint has no size, nesting or
+  decompression limits, so it then listens on a private loopback port that answers nothing
+  without a proxy key, and nginx (yolo_triton.http_proxy) serves `host:http-port` in front.
+- Every request's tensor shapes pass the guard preloaded into tritonserver (yolo_triton/guard.c)
+  before Triton stores them: no declared shape can kill a python stub.
+
+While it runs, a watchdog reloads any python model whose stub process died (yolo_triton.watchdog).
+tritonserver runs in a session of its own, so a Ctrl-C or a signal to the launcher's process
+group reaches the launcher alone: on SIGINT/SIGTERM (and Server.stop) in-flight requests are
+drained before tritonserver is stopped (Server.drain), and the launcher exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from yolo_triton import repository, spec
+from yolo_triton import guard, keys, repository, spec
+from yolo_triton.keys import API_KEY_HEADER, key_headers
+from yolo_triton.triton_install import (
+    LaunchError,
+    TritonInstall,
+    die_with_parent,
+    environment,
+    find_triton,
+    gpu_available,
+)
 from yolo_triton.watchdog import StubWatchdog
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO = ROOT / "model_repository"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PY_SHM_BYTES = 64 * 1024 * 1024  # python-backend shared-memory pool per model; grows by as much
-# What a caller without the key may not touch on a server bound beyond localhost: loading models
-# (the load API accepts model files: code execution), shared memory (reads/writes host memory),
-# and the log/trace settings (they change what the server writes, and where).
+# What a caller without the admin key may not touch: loading models (the load API accepts model
+# files: code execution), shared memory (the server reads and writes host memory by name), and
+# the log/trace settings (they change what the server writes, and where).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
-API_KEY_HEADER = "x-api-key"  # HTTP header; gRPC clients send it as "triton-grpc-protocol-x-api-key"
-GRPC_KEY_PREFIX = "triton-grpc-protocol-"
-API_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,}")  # no ',', ':' or '=' (they split Triton's flag)
+# Triton's private HTTP listener answers these only with the proxy's key: only nginx talks to it.
+PROXIED_APIS = ("health", "metadata", "inference", "model-config", "statistics")
 DRAIN_TIMEOUT_S = 30.0  # the launcher's drain (Server.drain) before it sends SIGTERM
 # Triton's own wait at SIGTERM. The launcher has drained by then, so this only bounds the unloads,
 # and the one that never ends: a model version whose stub died and was sent requests.
 EXIT_TIMEOUT_S = 10
 CUDA_POOL_BYTES = 4 << 30  # Triton's CUDA memory pool on GPU 0 when a GPU variant is loaded
-
-
-class LaunchError(RuntimeError):
-    """The server cannot be started as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class TritonInstall:
-    binary: Path
-    backend_dir: Path
-    lib_dirs: tuple[Path, ...] = ()
-    bundled: bool = False
-
-    @property
-    def backends(self) -> set[str]:
-        return {p.name for p in self.backend_dir.iterdir() if p.is_dir()} if self.backend_dir.is_dir() else set()
-
-
-def _pytriton_dir() -> Path | None:
-    found = importlib.util.find_spec("pytriton")  # locate without importing: its deps are not installed
-    if found is None or not found.submodule_search_locations:
-        return None
-    return Path(list(found.submodule_search_locations)[0])
-
-
-def bundled_libs() -> Path | None:
-    """The shared libraries nvidia-pytriton ships (libcudart.so.12, libb64 among them)."""
-    pt = _pytriton_dir()
-    return pt.parent / "nvidia_pytriton.libs" if pt else None
-
-
-def _assemble_python_backend(pt: Path) -> Path:
-    """A backend directory whose python backend carries the stub for this interpreter.
-
-    The stub must match the Python the models run under (the first python3 on PATH, which the
-    launcher makes this venv's), and the wheel keeps one stub per Python version aside.
-    """
-    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    src = pt / "tritonserver"
-    stub = src / "python_backend_stubs" / ver / "triton_python_backend_stub"
-    if not stub.exists():
-        raise LaunchError(f"the bundled tritonserver has no python backend stub for Python {ver} (3.10-3.12 do)")
-    dest = Path(sys.prefix) / "triton-backends" / "python"
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in (src / "backends" / "python").iterdir():
-        link = dest / f.name
-        if not link.exists():
-            link.symlink_to(f)
-    target = dest / "triton_python_backend_stub"
-    if not target.exists():
-        shutil.copy2(stub, target)
-    return dest.parent
-
-
-def find_triton() -> TritonInstall:
-    system = shutil.which("tritonserver")
-    if system:
-        binary = Path(system).resolve()
-        backend_dir = Path(os.environ.get("TRITON_BACKENDS", binary.parents[1] / "backends"))
-        return TritonInstall(binary, backend_dir)
-    pt = _pytriton_dir()
-    if pt is None or not (pt / "tritonserver" / "bin" / "tritonserver").exists():
-        raise LaunchError("no tritonserver found: run `make setup` (bundled server) or use NVIDIA's Triton container")
-    libs = bundled_libs()
-    return TritonInstall(
-        pt / "tritonserver" / "bin" / "tritonserver",
-        _assemble_python_backend(pt),
-        (libs,) if libs else (),
-        bundled=True,
-    )
-
-
-def gpu_available() -> bool:
-    if os.environ.get("YOLO_TRITON_NO_GPU"):
-        return False
-    return Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi") is not None
 
 
 @dataclass
@@ -189,9 +126,19 @@ class Ports:
         return Ports(free_port(), free_port(), free_port())
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """Files holding this launch's keys; process arguments name the files, never the keys."""
+
+    admin: Path
+    proxy: Path | None = None  # only with HTTP on
+
+
 def command(
-    install: TritonInstall, repo: Path, plan: Plan, ports: Ports, host: str, api_key: str | None
+    install: TritonInstall, repo: Path, plan: Plan, ports: Ports, host: str, secrets: Secrets,
+    inner_http_port: int | None = None,
 ) -> list[str]:
+    admin = f"{API_KEY_HEADER}={keys.secret_token(secrets.admin)}"
     cmd = [
         str(install.binary),
         f"--model-repository={repo}",
@@ -200,8 +147,7 @@ def command(
         *(f"--load-model={m}" for m in plan.load),
         f"--grpc-address={host}",
         f"--grpc-port={ports.grpc}",
-        f"--http-address={host}",
-        f"--http-port={ports.http}",
+        f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{admin}",
         f"--metrics-address={host}",
         f"--metrics-port={ports.metrics}",
         f"--backend-config=python,shm-default-byte-size={PY_SHM_BYTES}",
@@ -213,43 +159,30 @@ def command(
         # the largest request it carried: one oversized image would stay resident for good.
         "--grpc-infer-allocation-pool-size=0",
     ]
+    if inner_http_port is None:
+        cmd.append("--allow-http=false")
+    else:
+        if secrets.proxy is None:
+            raise ValueError("HTTP behind the proxy needs the proxy key's file")
+        proxy = f"{http_proxy().PROXY_KEY_HEADER}={keys.secret_token(secrets.proxy)}"
+        cmd += [
+            "--allow-http=true",
+            "--http-address=127.0.0.1",
+            f"--http-port={inner_http_port}",
+            f"--http-restricted-api={','.join(RESTRICTED_APIS)}:{admin}",
+            f"--http-restricted-api={','.join(PROXIED_APIS)}:{proxy}",
+        ]
     if any("gpu" in v.needs and v.ensemble in plan.load for v in spec.VARIANTS):
         # GPU ensembles hand tensors between steps in Triton's CUDA pool; the 64 MB default holds
         # less than one batch of 64 images at 640, and what does not fit takes slower paths.
         cmd.append(f"--cuda-memory-pool-byte-size=0:{CUDA_POOL_BYTES}")
-    if host not in LOCAL_HOSTS:
-        if not api_key:
-            raise LaunchError(
-                f"binding to {host} exposes the server: set TRITON_API_KEY so that model loading and "
-                "shared-memory APIs need that key (or bind 127.0.0.1)"
-            )
-        if not API_KEY_PATTERN.fullmatch(api_key):
-            raise LaunchError(
-                "TRITON_API_KEY must be at least 16 characters of A-Z a-z 0-9 . _ ~ - "
-                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-            )
-        apis = ",".join(RESTRICTED_APIS)
-        cmd += [
-            f"--grpc-restricted-protocol={apis}:{API_KEY_HEADER}={api_key}",
-            f"--http-restricted-api={apis}:{API_KEY_HEADER}={api_key}",
-        ]
     return cmd
 
 
-def key_headers(api_key: str | None) -> dict[str, str] | None:
-    """gRPC headers for the restricted APIs (Triton prefixes the key's header name on gRPC)."""
-    return {GRPC_KEY_PREFIX + API_KEY_HEADER: api_key} if api_key else None
+def http_proxy():  # noqa: ANN201 - the module, imported only when HTTP is asked for
+    from yolo_triton import http_proxy as module
 
-
-def environment(install: TritonInstall) -> dict[str, str]:
-    env = dict(os.environ)
-    # The python-backend stub runs the first python3 on PATH: make it this venv's.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if install.lib_dirs:
-        extra = os.pathsep.join(str(p) for p in install.lib_dirs)
-        env["LD_LIBRARY_PATH"] = f"{extra}{os.pathsep}{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else extra
-    env.setdefault("OMP_NUM_THREADS", "1")  # numpy/cv2 in pre/post must not fight ONNX Runtime for cores
-    return env
+    return module
 
 
 class Server:
@@ -264,21 +197,34 @@ class Server:
         api_key: str | None = None,
         log: Path | None = None,
         watchdog: bool = True,
+        http: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
+        """`die_with_parent`: tritonserver and nginx get SIGTERM when the calling thread ends (the
+        launcher's main thread; see triton_install.die_with_parent)."""
         self.repo = repo
+        self.die_with_parent = die_with_parent
         self.ports = ports or Ports.free()
         self.host = host
         self.install = find_triton()
         self.plan = plan_models(repo, self.install.backends, gpu_available(), only)
         repository.write_alias(repo, self.plan.alias)
-        self.cmd = command(self.install, repo, self.plan, self.ports, host, api_key)
-        self.headers = key_headers(api_key)
+        try:
+            self.api_key = keys.checked_key(api_key) if api_key else keys.new_key()
+        except keys.BadKey as e:
+            raise LaunchError(str(e)) from None
+        folder = keys.server_dir(self.ports.grpc)
+        self.secrets = Secrets(folder / "api-key", folder / "proxy-key" if http else None)
+        self.http = http
+        self.inner_http_port = free_port() if http else None
+        self.cmd = command(self.install, repo, self.plan, self.ports, host, self.secrets, self.inner_http_port)
+        self.headers = key_headers(self.api_key)
         self.log = log
         self.proc: subprocess.Popen | None = None
         self._out = None
         self.watch = watchdog
         self.watchdog: StubWatchdog | None = None
-        self._out = None
+        self.proxy = None
 
     @property
     def url(self) -> str:
@@ -287,21 +233,50 @@ class Server:
 
     @property
     def http_url(self) -> str:
+        """The HTTP front door (nginx), host:port; only with `http=True`."""
         return f"{self._client_host}:{self.ports.http}"
 
     @property
     def _client_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
 
+    def spawn(self, stdout: object = None) -> subprocess.Popen:
+        """Write this launch's key files and start tritonserver (guarded, in its own session)."""
+        keys.write_private(self.secrets.admin, self.api_key + "\n")
+        if self.secrets.proxy is not None:
+            keys.write_private(self.secrets.proxy, keys.new_key() + "\n")
+        try:
+            env = guard.preload_env(environment(self.install))
+        except guard.GuardUnavailable as e:
+            raise LaunchError(str(e)) from None
+        self.proc = subprocess.Popen(self.cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent if self.die_with_parent else None)
+        return self.proc
+
     def start(self, timeout: float = 300.0) -> Server:
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.cmd, env=environment(self.install), stdout=out, stderr=subprocess.STDOUT)
-        self._out = out
+        self._out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self.spawn(self._out)
         self.wait_ready(timeout)
+        self.start_front()
         self.start_watchdog()
         return self
+
+    def start_front(self) -> None:
+        """nginx in front of Triton's private HTTP listener, when HTTP is on."""
+        if not self.http or self.proxy is not None:
+            return
+        proxy = http_proxy()
+        try:
+            self.proxy = proxy.HttpProxy(self.host, self.ports.http, self.inner_http_port,
+                                         self.secrets.proxy.read_text().strip(),
+                                         keys.server_dir(self.ports.grpc) / "http",
+                                         die_with_parent=self.die_with_parent).start()
+        except proxy.ProxyUnavailable as e:
+            self.stop()
+            raise LaunchError(f"HTTP was asked for but cannot be served safely: {e}") from None
 
     def start_watchdog(self) -> None:
         """Reload a python model whose stub died (Triton 2.51 does not; see yolo_triton.watchdog)."""
@@ -365,6 +340,8 @@ class Server:
         """Drain (see drain()), then SIGTERM; Triton unloads the models and exits."""
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.proxy is not None:
+            self.proxy.stop()  # the front door first: nothing new arrives while the rest drains
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -377,6 +354,7 @@ class Server:
                 self.proc.wait()
         if self._out not in (None, subprocess.DEVNULL):
             self._out.close()
+        keys.forget(self.ports.grpc)
         return self.proc.returncode
 
     def __enter__(self) -> Server:
@@ -389,6 +367,7 @@ class Server:
         lines = [f"tritonserver: {self.install.binary}{' (bundled)' if self.install.bundled else ''}"]
         lines.append(f"yolov8n -> {self.plan.alias.ensemble if self.plan.alias else '-'}")
         lines += [f"skipped {name}: {why}" for name, why in self.plan.skipped.items()]
+        lines.append(f"admin key (model control, shared memory, logging, trace): in {self.secrets.admin}")
         return "\n".join(lines)
 
 
@@ -407,6 +386,34 @@ def running(url: str | None = None, repo: Path = DEFAULT_REPO, log: Path | None 
         yield server
 
 
+def _own_terminal() -> Callable[[], None]:
+    """Make this process the terminal's foreground group; returns what gives the terminal back.
+
+    Under `make serve`, Ctrl-C would reach make as well, and make exits with an error once its
+    child is done, however cleanly the child drained. As the foreground group of its own, the
+    launcher alone gets the Ctrl-C, drains, and exits 0, and so does make."""
+    try:
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp() or os.getpgrp() == os.getpid():
+            return lambda: None
+    except (OSError, ValueError):
+        return lambda: None
+    old = os.getpgrp()
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may not set the terminal
+    try:
+        os.setpgid(0, 0)
+        os.tcsetpgrp(fd, os.getpgrp())
+    except OSError:
+        signal.signal(signal.SIGTTOU, previous)
+        return lambda: None
+
+    def give_back() -> None:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, old)
+
+    return give_back
+
+
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,31 +422,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, default=int(env.get("GRPC_PORT", 8001)))
     ap.add_argument("--http-port", type=int, default=int(env.get("HTTP_PORT", 8000)))
     ap.add_argument("--metrics-port", type=int, default=int(env.get("METRICS_PORT", 8002)))
+    ap.add_argument("--http", action="store_true", default=env.get("HTTP", "") not in ("", "0"),
+                    help="also serve HTTP on --http-port, behind nginx with request limits (HTTP=1)")
     ap.add_argument("--variants", default=env.get("VARIANTS", ""), help="comma-separated variant keys to load")
     args = ap.parse_args(argv)
     only = [v for v in args.variants.split(",") if v] or None
     try:
         server = Server(args.repo, Ports(args.grpc_port, args.http_port, args.metrics_port), args.host, only,
-                        env.get("TRITON_API_KEY"))
+                        env.get("TRITON_API_KEY"), http=args.http, die_with_parent=True)
     except LaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
         return 2
     print(server.describe(), flush=True)
-    proc = subprocess.Popen(server.cmd, env=environment(server.install))
-    server.proc, server._out = proc, None
-    ready, stopping = threading.Event(), threading.Event()
+    give_back = _own_terminal()
+    ready, stopping, done = threading.Event(), threading.Event(), threading.Event()
+    drained: list[bool] = []
 
     def shutdown() -> None:
         if server.watchdog is not None:
             server.watchdog.stop()
-        drained = server.drain()
-        print(f"serve: {'in-flight requests done' if drained else 'drain timed out'}; stopping tritonserver",
+        if server.proxy is not None:
+            server.proxy.stop()
+        drained.append(server.drain())
+        print(f"serve: {'in-flight requests done' if drained[0] else 'drain timed out'}; stopping tritonserver",
               file=sys.stderr, flush=True)
-        proc.send_signal(signal.SIGTERM)
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGTERM)
+        done.set()
 
     def on_signal(_signum: int, _frame: object) -> None:
         if stopping.is_set() or not ready.is_set():
-            proc.send_signal(signal.SIGTERM)  # a second signal, or nothing served yet: stop now
+            stopping.set()
+            if server.proc is not None:
+                server.proc.send_signal(signal.SIGTERM)  # a second signal, or nothing served yet: stop now
             return
         stopping.set()
         threading.Thread(target=shutdown, name="drain", daemon=True).start()
@@ -447,15 +462,28 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
+        proc = server.spawn()
         server.wait_ready(300)
+        server.start_front()
     except LaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
+        server.stop()
+        give_back()
         return 1
     server.start_watchdog()
     ready.set()
-    print(f"ready on grpc {server.url}, http {args.host}:{args.http_port}, metrics {args.host}:{args.metrics_port}: "
+    front = f", http {server.http_url} (nginx)" if server.http else ""
+    print(f"ready on grpc {server.url}{front}, metrics {args.host}:{args.metrics_port}: "
           + ", ".join(server.plan.load), flush=True)
-    return proc.wait()
+    code = proc.wait()
+    done.wait(5)
+    keys.forget(server.ports.grpc)
+    give_back()
+    if stopping.is_set():
+        # Stopped on purpose: a clean drain and a clean exit are success, whatever Triton's own code.
+        print("serve: stopped", file=sys.stderr, flush=True)
+        return 0 if (drained and drained[0] and code in (0, -signal.SIGTERM)) else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The ensemble interface (IMAGE and options in; BOXES, SCORES, CLASSES, NUM_DETECT
 by `pipeline_cpu.OrtPipeline`: letterbox, ONNX Runtime and NMS with the same functions as the
 `yolov8n_ort` ensemble's three steps, so the boxes are the same; it saves the two extra hops
 between Triton and python stubs. It loads `detector_ort`'s ONNX file (no copy of its own).
-A bad request gets INVALID_ARG naming the problem; the rest of its batch is served.
+A bad request, or one whose NMS exceeds the server's budget, gets INVALID_ARG naming the problem;
+the rest of its batch is served.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class TritonPythonModel:
             owners.append(i)
         if batches:
             for i, out in zip(owners, self.pipeline(batches, limits, multi)):
+                if isinstance(out, InputError):  # NMS over the server's budget: this request only
+                    responses[i] = error_response(pb_utils, out)
+                    continue
                 responses[i] = pb_utils.InferenceResponse(
                     [pb_utils.Tensor(t.name, a) for t, a in zip(spec.ENSEMBLE_OUTPUTS, out)]
                 )
