@@ -30,7 +30,7 @@ build-engines: setup ## export WEIGHTS (default yolov8n.pt) to ONNX (+ TensorRT 
 	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(TRT_ARGS)
 
 serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1), GRPC_PORT/METRICS_PORT (HTTP=1: HTTP_PORT via nginx); Ctrl-C drains
-	@$(PY) -m yolo_triton.server --repo $(REPO)
+	@$(PY) -m yolo_triton.serve.launcher --repo $(REPO)
 
 demo: setup ## the main job: build, serve, detect on assets/samples, per-stage times, annotated images in runs/demo
 	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(if $(filter command line,$(origin WEIGHTS)),,--fallback)

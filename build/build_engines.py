@@ -15,7 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from yolo_triton import export, repository, spec
+from yolo_triton import spec
+from yolo_triton.repository import configs as repository
+from yolo_triton.repository import export
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / "assets" / "demo" / "yolov8n-shapes.pt"
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
           f"{len(facts.names)} classes, dynamic batch)", flush=True)
 
-    from yolo_triton import gpu_export
+    from yolo_triton.repository import gpu_export
 
     print(f"build-engines: {gpu_export.export_for_gpu(model, facts, repo)}", flush=True)
     print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tensorrt(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace) -> str:
-    from yolo_triton import tensorrt_build
+    from yolo_triton.repository import tensorrt as tensorrt_build
 
     return tensorrt_build.build_for_repository(
         onnx, facts, repo, args.trt_precision, args.calib_images, opt_batch=args.trt_opt_batch,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import cv2
 
-from yolo_triton import synth
+from yolo_triton.data import synth
 
 DEFAULT_ROOT = Path("datasets/shapes")
 DEFAULT_TRAIN, DEFAULT_VAL = 1500, 200

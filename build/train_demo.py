@@ -48,7 +48,7 @@ from pathlib import Path
 
 from make_dataset import add_dataset_args
 
-from yolo_triton import synth
+from yolo_triton.data import synth
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path("assets/demo/yolov8n-shapes.pt")

@@ -18,9 +18,9 @@ sys.path.insert(0, str(ROOT / "clients"))
 
 import detect  # noqa: E402
 
-from yolo_triton import stats  # noqa: E402
-from yolo_triton.client import DetectorClient  # noqa: E402
-from yolo_triton.server import LaunchError, Server  # noqa: E402
+from yolo_triton.client.detector import DetectorClient  # noqa: E402
+from yolo_triton.perf import stats  # noqa: E402
+from yolo_triton.serve.launcher import LaunchError, Server  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import cv2
 
-from yolo_triton import images, spec
-from yolo_triton.client import DetectorClient, ServerError, detections_json
-from yolo_triton.draw import annotate
-from yolo_triton.validation import InputError
+from yolo_triton import spec
+from yolo_triton.client import images
+from yolo_triton.client.detector import DetectorClient, ServerError, detections_json
+from yolo_triton.client.draw import annotate
+from yolo_triton.pipeline.validation import InputError
 
 
 def main(argv: list[str] | None = None) -> int:

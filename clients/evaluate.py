@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_triton import images, repository, spec
-from yolo_triton.client import DetectorClient
-from yolo_triton.server import DEFAULT_REPO, running
+from yolo_triton import spec
+from yolo_triton.client import images
+from yolo_triton.client.detector import DetectorClient
+from yolo_triton.repository import configs as repository
+from yolo_triton.serve.launcher import DEFAULT_REPO, running
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "datasets" / "shapes" / "data.yaml"
@@ -134,7 +136,7 @@ DEFAULT_VAL_COUNT, DEFAULT_VAL_SEED = 200, 2  # build/make_dataset.py's validati
 
 def write_val_split(root: Path, count: int = DEFAULT_VAL_COUNT, seed: int = DEFAULT_VAL_SEED) -> Path:
     """The shapes validation split alone (what training validated on), with its data YAML."""
-    from yolo_triton import synth
+    from yolo_triton.data import synth
 
     synth.generate_split(root, "val", count, seed)
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(synth.CLASS_NAMES))

@@ -33,10 +33,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from yolo_triton import geometry, repository, spec
-from yolo_triton.client import OUTPUTS, DetectorClient, ShmRegion, build_inputs
-from yolo_triton.ort_session import make_session
-from yolo_triton.server import Server
+from yolo_triton import spec
+from yolo_triton.client.detector import OUTPUTS, DetectorClient, ShmRegion, build_inputs
+from yolo_triton.pipeline import geometry
+from yolo_triton.pipeline.ort_session import make_session
+from yolo_triton.repository import configs as repository
+from yolo_triton.serve.launcher import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 2, 4, 8, 16)

@@ -42,9 +42,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yolo_triton import http_proxy, images, perf_tools, repository, spec, stats  # noqa: E402
-from yolo_triton.client import DetectorClient  # noqa: E402
-from yolo_triton.server import Server  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.client import images  # noqa: E402
+from yolo_triton.client.detector import DetectorClient  # noqa: E402
+from yolo_triton.perf import stats  # noqa: E402
+from yolo_triton.perf import tools as perf_tools  # noqa: E402
+from yolo_triton.repository import configs as repository  # noqa: E402
+from yolo_triton.serve import http_proxy  # noqa: E402
+from yolo_triton.serve.launcher import Server  # noqa: E402
 
 TARGET_C1_MS = 2.4
 TARGET_SPEEDUP = 3.5
@@ -94,7 +99,7 @@ def ultralytics_predict(weights: str, image: np.ndarray, imgsz: int, runs: int) 
     """Median wall time of predict() on one image, FP16 on GPU 0, after warm-up."""
     import torch
 
-    from yolo_triton import export
+    from yolo_triton.repository import export
 
     model = export.load(weights)  # seeded for a .yaml: the same weights the repository was built from
 
@@ -119,7 +124,7 @@ def raw_network(artefact: Path, imgsz: int, runs: int) -> dict:
     """CUDA-event timings of graph replays of the served artefact (FP16), batch 1 and 64."""
     import torch
 
-    from yolo_triton import torch_ops
+    from yolo_triton.pipeline import torch_ops
 
     device = torch.device("cuda", 0)
     net = torch_ops.load_served_network(artefact, device, imgsz)
@@ -161,7 +166,7 @@ def pipeline_in_process(artefact: Path, imgsz: int, image: np.ndarray, runs: int
     after each) and the unsynchronised end-to-end median, as `pipeline_gpu` runs it."""
     import torch
 
-    from yolo_triton.pipeline_gpu import STAGES, GpuPipeline
+    from yolo_triton.pipeline.gpu import STAGES, GpuPipeline
 
     device = torch.device("cuda", 0)
     pipeline = GpuPipeline(artefact, imgsz, device, (1,))

@@ -30,11 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yolo_triton import perf_tools as pt  # noqa: E402
-from yolo_triton import spec, stats  # noqa: E402
-from yolo_triton.client import DetectorClient, ServerError  # noqa: E402
-from yolo_triton.server import LaunchError  # noqa: E402
-from yolo_triton.validation import InputError  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.client.detector import DetectorClient, ServerError  # noqa: E402
+from yolo_triton.perf import stats  # noqa: E402
+from yolo_triton.perf import tools as pt  # noqa: E402
+from yolo_triton.pipeline.validation import InputError  # noqa: E402
+from yolo_triton.serve.launcher import LaunchError  # noqa: E402
 
 WEIGHTS_CACHE = pt.RUNS / "weights"  # downloads land here (never in the source tree) and are reused
 SEEDED = "seeded random weights (no pretrained download available)"
@@ -81,7 +82,7 @@ def _cwd(path: Path):  # noqa: ANN202
 
 def load_model(weights: str, download: bool):  # noqa: ANN201 - ultralytics.YOLO
     """(model, description): the checkpoint if on disk or downloadable, else its YAML seeded."""
-    from yolo_triton import export
+    from yolo_triton.repository import export
 
     for candidate in (Path(weights), ROOT / weights, WEIGHTS_CACHE / weights):
         if candidate.is_file():
@@ -197,7 +198,8 @@ def served_facts(url: str, model: str) -> tuple[int, int]:
 def served_size(repo: Path, imgsz: int, nc: int) -> tuple[float | None, float | None, str]:
     """Params/GFLOPs of the served network, when its source checkpoint is at hand (the repository
     records it); the served detector is this network exported, so its size is the source's."""
-    from yolo_triton import export, repository
+    from yolo_triton.repository import configs as repository
+    from yolo_triton.repository import export
 
     try:
         facts = repository.read_facts(repo)

@@ -25,11 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yolo_triton import perf_tools as pt  # noqa: E402
-from yolo_triton import spec, stats  # noqa: E402
-from yolo_triton.client import DetectorClient, ServerError  # noqa: E402
-from yolo_triton.server import LaunchError  # noqa: E402
-from yolo_triton.validation import InputError  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.client.detector import DetectorClient, ServerError  # noqa: E402
+from yolo_triton.perf import stats  # noqa: E402
+from yolo_triton.perf import tools as pt  # noqa: E402
+from yolo_triton.pipeline.validation import InputError  # noqa: E402
+from yolo_triton.serve.launcher import LaunchError  # noqa: E402
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STOP_TIMEOUT_S = 60  # users finish their request in flight at the end, so none is cut off mid-way

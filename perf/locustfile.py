@@ -29,9 +29,10 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yolo_triton import perf_tools, spec  # noqa: E402
-from yolo_triton.client import OUTPUTS, build_inputs, parse_outputs  # noqa: E402
-from yolo_triton.validation import InputError  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.client.detector import OUTPUTS, build_inputs, parse_outputs  # noqa: E402
+from yolo_triton.perf import tools as perf_tools  # noqa: E402
+from yolo_triton.pipeline.validation import InputError  # noqa: E402
 
 _SAMPLES: list[perf_tools.Sample] = []
 

@@ -27,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yolo_triton import perf_tools as pt  # noqa: E402
-from yolo_triton import spec, stats  # noqa: E402
-from yolo_triton.client import DetectorClient, ServerError  # noqa: E402
-from yolo_triton.server import LaunchError  # noqa: E402
-from yolo_triton.validation import InputError  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.client.detector import DetectorClient, ServerError  # noqa: E402
+from yolo_triton.perf import stats  # noqa: E402
+from yolo_triton.perf import tools as pt  # noqa: E402
+from yolo_triton.pipeline.validation import InputError  # noqa: E402
+from yolo_triton.serve.launcher import LaunchError  # noqa: E402
 
 US = 1e-3  # perf_analyzer reports microseconds; everything here is milliseconds
 ROLES = ("preprocess", "detector", "postprocess")

@@ -27,7 +27,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from yolo_triton import perf_tools as pt  # noqa: E402
+from yolo_triton.perf import tools as pt  # noqa: E402
 
 STAGES = ("preprocess", "detector", "postprocess")
 COLORS = {"preprocess": "#4c72b0", "detector": "#dd8452", "detector queue": "#f2b880", "postprocess": "#55a868",

@@ -110,7 +110,7 @@ class Saturation:
 def measure_saturation(url: str, model: str, images: list[np.ndarray], concurrency: int, seconds: float,
                        warmup_s: float = 2.0) -> Saturation:
     """Closed-loop throughput with `concurrency` clients, each sending the photos back to back."""
-    from yolo_triton.client import DetectorClient, ServerError
+    from yolo_triton.client.detector import DetectorClient, ServerError
 
     counts = [0] * concurrency
     errors = [0] * concurrency
@@ -145,7 +145,7 @@ def prewarm(url: str, model: str, images: list[np.ndarray], users: int) -> None:
     once: one request carrying that many copies of the largest photo, then as many concurrent
     single requests, take ONNX Runtime's arena, the python stubs' shared memory and the gRPC
     buffers to their high-water marks, so what grows afterwards is growth, not warm-up."""
-    from yolo_triton.client import DetectorClient
+    from yolo_triton.client.detector import DetectorClient
 
     largest = max(images, key=lambda im: im.size)
     with DetectorClient(url, model, timeout_s=300) as client:
@@ -310,9 +310,9 @@ def summary_markdown(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from yolo_triton import perf_tools as pt
-    from yolo_triton.client import DetectorClient, ServerError
-    from yolo_triton.server import LaunchError, Server
+    from yolo_triton.client.detector import DetectorClient, ServerError
+    from yolo_triton.perf import tools as pt
+    from yolo_triton.serve.launcher import LaunchError, Server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=180, help="seconds of Locust load (default 180)")

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from yolo_triton import repository
-from yolo_triton.client import DetectorClient
-from yolo_triton.server import Server
+from yolo_triton.client.detector import DetectorClient
+from yolo_triton.repository import configs as repository
+from yolo_triton.serve.launcher import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / "assets" / "demo" / "yolov8n-shapes.pt"

@@ -13,7 +13,7 @@ import evaluate
 import pytest
 from test_serving import assert_same_detections
 
-from yolo_triton import images
+from yolo_triton.client import images
 
 SUBSET = 40
 

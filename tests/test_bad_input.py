@@ -17,10 +17,11 @@ import tritonclient.grpc as grpcclient
 from conftest import sample_images
 from tritonclient.utils import InferenceServerException
 
-from yolo_triton import images, spec
-from yolo_triton.client import OUTPUTS, DetectorClient, ServerError, build_inputs, parse_outputs
-from yolo_triton.server import free_port
-from yolo_triton.validation import InputError, check_images, check_thresholds
+from yolo_triton import spec
+from yolo_triton.client import images
+from yolo_triton.client.detector import OUTPUTS, DetectorClient, ServerError, build_inputs, parse_outputs
+from yolo_triton.pipeline.validation import InputError, check_images, check_thresholds
+from yolo_triton.serve.launcher import free_port
 
 INVALID = "StatusCode.INVALID_ARGUMENT"
 NOT_FOUND = "StatusCode.NOT_FOUND"

@@ -8,7 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from yolo_triton import repository, spec
+from yolo_triton import spec
+from yolo_triton.repository import configs as repository
 
 
 def _configs(repo: Path) -> dict[str, object]:
@@ -109,7 +110,7 @@ def test_python_models_find_the_artefact_their_config_names(repo, facts):
     the detector's file in its own folder, and the same file for the fused pipeline that shares it."""
     from google.protobuf import json_format
 
-    from yolo_triton.model_args import ModelArgs
+    from yolo_triton.backend.args import ModelArgs
 
     def args(name: str) -> ModelArgs:
         cfg = json_format.MessageToDict(_configs(repo)[name], preserving_proto_field_name=True)

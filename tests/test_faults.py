@@ -19,9 +19,9 @@ import pytest
 from conftest import ROOT, sample_images
 
 from yolo_triton import spec
-from yolo_triton.client import DetectorClient, ServerError
-from yolo_triton.server import EXIT_TIMEOUT_S, Ports, Server, free_port
-from yolo_triton.watchdog import SHM_DIR, STUB_NAME
+from yolo_triton.client.detector import DetectorClient, ServerError
+from yolo_triton.serve.launcher import EXIT_TIMEOUT_S, Ports, Server, free_port
+from yolo_triton.serve.watchdog import SHM_DIR, STUB_NAME
 
 PYTHON_MODELS = (spec.PREPROCESS.name, spec.variant("ort").detector, spec.POSTPROCESS.name)
 
@@ -110,14 +110,14 @@ def test_stub_killed_under_load_loses_no_request(repo, tmp_path):
 
 
 def _launcher(repo: Path, ports: Ports, log: Path, how: str = "launcher") -> subprocess.Popen:
-    """`make serve`'s process, `python -m yolo_triton.server`, in a process group of its own.
+    """`make serve`'s process, `python -m yolo_triton.serve.launcher`, in a process group of its own.
 
     how="make-tty": `make serve` itself, on a pseudo-terminal that is its controlling terminal,
     as a person runs it (Ctrl-C is then the terminal's, sent by writing ^C to it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "TRITON_API_KEY", "HTTP")}
     if how != "make-tty":
         return subprocess.Popen(
-            [sys.executable, "-m", "yolo_triton.server", "--repo", str(repo), "--grpc-port", str(ports.grpc),
+            [sys.executable, "-m", "yolo_triton.serve.launcher", "--repo", str(repo), "--grpc-port", str(ports.grpc),
              "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)],
             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     import fcntl

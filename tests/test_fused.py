@@ -15,7 +15,7 @@ from conftest import sample_images
 from test_serving import assert_same_detections
 
 from yolo_triton import spec
-from yolo_triton.client import DetectorClient
+from yolo_triton.client.detector import DetectorClient
 
 FUSED = spec.variant("ort_fused")
 ENSEMBLE = spec.variant("ort")

@@ -17,10 +17,12 @@ import torch
 from conftest import sample_images
 from test_serving import iou_matrix
 
-from yolo_triton import geometry, nms, postprocess, repository, spec, torch_ops
-from yolo_triton import server as launcher
-from yolo_triton.client import OUTPUTS, DetectorClient, build_inputs, parse_outputs
-from yolo_triton.validation import InputError, check_image_shape, check_images
+from yolo_triton import spec
+from yolo_triton.client.detector import OUTPUTS, DetectorClient, build_inputs, parse_outputs
+from yolo_triton.pipeline import geometry, nms, postprocess, torch_ops
+from yolo_triton.pipeline.validation import InputError, check_image_shape, check_images
+from yolo_triton.repository import configs as repository
+from yolo_triton.serve import launcher
 
 GPU = spec.variant("gpu")
 FUSED = spec.variant("gpu_fused")
@@ -94,7 +96,7 @@ class _Tensor:
 def test_optional_inputs_come_back_with_their_values_and_dtypes(device):
     from types import SimpleNamespace
 
-    from yolo_triton import pb_io
+    from yolo_triton.backend import tensors as pb_io
 
     sent = {"CONF_THRESHOLD": np.array([[0.25], [np.nan]], np.float32),
             "MAX_DETECTIONS": np.array([[7], [300]], np.int32), "MULTI_LABEL": np.array([[True], [False]])}
@@ -242,7 +244,7 @@ def test_gpu_pipeline_finish_answers_the_kept_requests_as_in_the_full_batch():
     """`GpuPipeline.finish(keep=...)`: requests refused after `start` lose their images before NMS;
     every kept request gets, with its own options, what it gets in the full batch. Runs on CPU
     tensors: once the network output exists, finish needs no GPU."""
-    from yolo_triton.pipeline_gpu import GpuPipeline, Started
+    from yolo_triton.pipeline.gpu import GpuPipeline, Started
 
     rng = np.random.default_rng(11)
     sizes = [1, 2, 1, 3]
@@ -277,7 +279,7 @@ def test_gpu_pipeline_answers_a_non_finite_replay_from_the_eager_network():
     """A replay flagged non-finite never answers: the eager network's output does, and it is counted."""
     from types import SimpleNamespace
 
-    from yolo_triton.pipeline_gpu import GpuPipeline, Started
+    from yolo_triton.pipeline.gpu import GpuPipeline, Started
 
     rng = np.random.default_rng(13)
     raws = torch.from_numpy(np.stack([_raw(rng, 3, 2100, size=320) for _ in range(2)]))
@@ -302,7 +304,7 @@ def test_gpu_pipeline_answers_a_non_finite_replay_from_the_eager_network():
 
 def test_gpu_artefact_matches_the_onnx_export(repo, facts):
     """The exported network the GPU detector loads computes what the ONNX variants compute (FP32, CPU)."""
-    from yolo_triton.ort_session import make_session
+    from yolo_triton.pipeline.ort_session import make_session
 
     path = repo / GPU.detector / "1" / GPU.artefact
     net, recorded = torch_ops.load_network(str(path), torch.device("cpu"), half=False)
@@ -485,7 +487,7 @@ def _validation_images(n: int) -> list[np.ndarray]:
     """The demo data set's validation images (regrown from its seed, JPEG round trip as on disk)."""
     from make_dataset import DEFAULT_VAL_SEED
 
-    from yolo_triton import synth
+    from yolo_triton.data import synth
 
     out = []
     for i in range(n):
@@ -498,7 +500,7 @@ def _validation_images(n: int) -> list[np.ndarray]:
 def _fp32_onnx_reference(repo, imgsz: int):  # noqa: ANN202
     """The CPU variants' pipeline, run in this process: NumPy letterbox, FP32 ONNX Runtime, NumPy
     decode/NMS/unletterbox (`pipeline_cpu.OrtPipeline`, what `yolov8n_ort_fused` serves)."""
-    from yolo_triton.pipeline_cpu import OrtPipeline
+    from yolo_triton.pipeline.cpu import OrtPipeline
 
     pipeline = OrtPipeline(repo / spec.variant("ort").detector / "1" / "model.onnx", imgsz)
     defaults = (spec.DEFAULT_CONF, spec.DEFAULT_IOU, spec.DEFAULT_MAX_DET)
@@ -610,7 +612,7 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
 
     from tritonclient.grpc import InferenceServerClient
 
-    from yolo_triton.client import ShmRegion
+    from yolo_triton.client.detector import ShmRegion
 
     images = [cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
               for im in sample_images().values() for scale in [facts.imgsz / max(im.shape[:2])]]

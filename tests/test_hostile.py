@@ -21,9 +21,10 @@ from conftest import sample_images
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from yolo_triton import keys, spec
-from yolo_triton.client import DetectorClient
-from yolo_triton.watchdog import STUB_NAME
+from yolo_triton import spec
+from yolo_triton.client.detector import DetectorClient
+from yolo_triton.serve import keys
+from yolo_triton.serve.watchdog import STUB_NAME
 
 ENSEMBLES = (spec.ALIAS, spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble)
 
@@ -197,7 +198,7 @@ def test_shared_memory_without_the_key_names_the_fix(server, monkeypatch, tmp_pa
     monkeypatch.setenv("YOLO_TRITON_STATE_DIR", str(tmp_path))  # another user's view: no key file
     monkeypatch.delenv("TRITON_API_KEY", raising=False)
     image = next(iter(sample_images().values()))
-    from yolo_triton.client import ServerError
+    from yolo_triton.client.detector import ServerError
 
     with DetectorClient(server.url, timeout_s=30, shared_memory=True) as c, pytest.raises(ServerError) as err:
         c.detect(image)

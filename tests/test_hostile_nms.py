@@ -23,7 +23,7 @@ from conftest import sample_images
 from tritonclient.utils import InferenceServerException
 
 from yolo_triton import spec
-from yolo_triton.client import OUTPUTS, DetectorClient, build_inputs, parse_outputs
+from yolo_triton.client.detector import OUTPUTS, DetectorClient, build_inputs, parse_outputs
 
 MODELS = [spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble]
 ATTACK = {"conf": 0.0, "iou": 1.0, "max_det": 10_000, "multi_label": True}

@@ -25,8 +25,8 @@ import tritonclient.http as httpclient
 from conftest import SAMPLES
 
 from yolo_triton import spec
-from yolo_triton.http_proxy import PROXY_KEY_HEADER, HttpProxy, ProxyUnavailable, find_nginx
-from yolo_triton.server import Server, free_port
+from yolo_triton.serve.http_proxy import PROXY_KEY_HEADER, HttpProxy, ProxyUnavailable, find_nginx
+from yolo_triton.serve.launcher import Server, free_port
 
 MODEL = spec.variant("ort").ensemble
 OUTPUTS = [t.name for t in spec.ENSEMBLE_OUTPUTS]
@@ -261,7 +261,7 @@ def test_a_killed_owner_leaves_no_nginx(tmp_path):
     """nginx runs in a session of its own, so it must end by itself when its owner (the launcher, whose
     main thread starts it with die_with_parent) is killed."""
     port, state = free_port(), tmp_path / "nginx"
-    code = (f"import sys, time; from pathlib import Path; from yolo_triton.http_proxy import HttpProxy; "
+    code = (f"import sys, time; from pathlib import Path; from yolo_triton.serve.http_proxy import HttpProxy; "
             f"HttpProxy('127.0.0.1', {port}, {free_port()}, 'k' * 16, Path({str(state)!r}), "
             "die_with_parent=True).start(); "
             "print('up', flush=True); time.sleep(600)")

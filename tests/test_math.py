@@ -8,8 +8,8 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import ops
 
-from yolo_triton import geometry, nms
-from yolo_triton.postprocess import pad_batch, postprocess_one, unpad
+from yolo_triton.pipeline import geometry, nms
+from yolo_triton.pipeline.postprocess import pad_batch, postprocess_one, unpad
 
 
 def test_letterbox_portrait_hand_computed():
@@ -171,7 +171,7 @@ def test_multi_label_decode_matches_ultralytics_validator_nms():
 
 
 def test_stats_diff_selects_models_and_averages_per_request():
-    from yolo_triton import stats
+    from yolo_triton.perf import stats
 
     def snap(count: int, executions: int, ns: int) -> dict:
         phases = {p: {"ns": ns} for p in stats.PHASES}

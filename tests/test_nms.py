@@ -13,9 +13,9 @@ import pytest
 import torch
 import torchvision
 
-from yolo_triton import nms
-from yolo_triton.postprocess import postprocess_batch
-from yolo_triton.validation import InputError
+from yolo_triton.pipeline import nms
+from yolo_triton.pipeline.postprocess import postprocess_batch
+from yolo_triton.pipeline.validation import InputError
 
 THRESHOLDS = [0.0, 0.45, 0.7, 1.0]
 

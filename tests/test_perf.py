@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolo_triton import perf_tools, spec
+from yolo_triton import spec
+from yolo_triton.perf import tools as perf_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "perf"

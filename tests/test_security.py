@@ -19,10 +19,11 @@ import tritonclient.grpc as grpcclient
 from conftest import ROOT, sample_images
 from tritonclient.utils import InferenceServerException
 
-from yolo_triton import keys, spec
-from yolo_triton.client import DetectorClient, retryable
-from yolo_triton.keys import API_KEY_HEADER, key_headers
-from yolo_triton.server import LaunchError, Server
+from yolo_triton import spec
+from yolo_triton.client.detector import DetectorClient, retryable
+from yolo_triton.serve import keys
+from yolo_triton.serve.keys import API_KEY_HEADER, key_headers
+from yolo_triton.serve.launcher import LaunchError, Server
 
 KEY = secrets.token_urlsafe(24)
 
@@ -50,7 +51,7 @@ def test_weak_keys_are_refused(repo):
 
 def test_launcher_refuses_a_weak_key(repo):
     env = {**os.environ, "TRITON_API_KEY": "too-short"}
-    out = subprocess.run([sys.executable, "-m", "yolo_triton.server", "--repo", str(repo), "--host", "0.0.0.0"],
+    out = subprocess.run([sys.executable, "-m", "yolo_triton.serve.launcher", "--repo", str(repo), "--host", "0.0.0.0"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 2 and "TRITON_API_KEY" in out.stderr, out.stderr
 

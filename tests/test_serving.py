@@ -9,7 +9,7 @@ import pytest
 from conftest import sample_images
 
 from yolo_triton import spec
-from yolo_triton.client import DetectorClient
+from yolo_triton.client.detector import DetectorClient
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -129,7 +129,7 @@ def test_shared_memory_input_gives_the_same_detections(server, client):
 
 def test_shared_memory_region_holds_exactly_the_images_written(client):
     """One copy straight into the mapping: what the server reads is the caller's pixels."""
-    from yolo_triton.client import ShmRegion, _shm_module
+    from yolo_triton.client.detector import ShmRegion, _shm_module
 
     rng = np.random.default_rng(5)
     region = ShmRegion.create(client.client, 1 << 16, client.headers)

@@ -17,9 +17,11 @@ import numpy as np
 import onnx
 import pytest
 
-from yolo_triton import repository, server, spec
-from yolo_triton import tensorrt_build as tb
-from yolo_triton.tensorrt_build import Gpu
+from yolo_triton import spec
+from yolo_triton.repository import configs as repository
+from yolo_triton.repository import tensorrt as tb
+from yolo_triton.repository.tensorrt import Gpu
+from yolo_triton.serve import launcher as server
 
 H200 = Gpu("0", "NVIDIA H200", "9.0", "GPU-aaaa1111")
 A10 = Gpu("1", "NVIDIA A10", "8.6", "GPU-bbbb2222")

@@ -70,6 +70,13 @@ DEFAULT_CONF = 0.25
 DEFAULT_IOU = 0.7
 DEFAULT_MAX_DET = 300
 
+# Per-stage time, reported by every python model as Triton custom metrics (the metrics port,
+# Prometheus text): counters summed over executions, flushed at most once a second.
+STAGES = ("preprocess", "network", "postprocess")
+STAGE_DURATION_METRIC = "yolo_triton_stage_duration_us"  # {model, stage}: microseconds spent in the stage
+STAGE_EXECUTIONS_METRIC = "yolo_triton_executions_total"  # {model}: execute() calls
+STAGE_IMAGES_METRIC = "yolo_triton_images_total"  # {model}: images those calls served
+
 # Bounds that keep one request from exhausting the server (see validation.py).
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 40_000_000

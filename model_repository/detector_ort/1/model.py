@@ -16,8 +16,8 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import spec  # noqa: E402
-from yolo_triton.model_args import ModelArgs  # noqa: E402
-from yolo_triton.ort_session import make_session  # noqa: E402
+from yolo_triton.backend.args import ModelArgs  # noqa: E402
+from yolo_triton.pipeline.ort_session import make_session  # noqa: E402
 
 
 class TritonPythonModel:

@@ -25,8 +25,10 @@ from torch.utils.dlpack import from_dlpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
-from yolo_triton.model_args import ModelArgs  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.backend import tensors as pb_io  # noqa: E402
+from yolo_triton.backend.args import ModelArgs  # noqa: E402
+from yolo_triton.pipeline import torch_ops  # noqa: E402
 
 
 class TritonPythonModel:

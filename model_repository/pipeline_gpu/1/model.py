@@ -22,11 +22,13 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
-from yolo_triton.model_args import ModelArgs  # noqa: E402
-from yolo_triton.pipeline_gpu import GpuPipeline  # noqa: E402
-from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, check_image_shape, request_options  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.backend import tensors as pb_io  # noqa: E402
+from yolo_triton.backend.args import ModelArgs  # noqa: E402
+from yolo_triton.backend.errors import error_response  # noqa: E402
+from yolo_triton.pipeline import torch_ops  # noqa: E402
+from yolo_triton.pipeline.gpu import GpuPipeline  # noqa: E402
+from yolo_triton.pipeline.validation import InputError, check_image_shape, request_options  # noqa: E402
 
 OPTIONS = [t.name for t in spec.ENSEMBLE_INPUTS if t.optional]
 

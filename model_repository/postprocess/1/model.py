@@ -17,9 +17,9 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
 from yolo_triton import spec  # noqa: E402
-from yolo_triton.postprocess import postprocess_batch  # noqa: E402
-from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, request_options  # noqa: E402
+from yolo_triton.backend.errors import error_response  # noqa: E402
+from yolo_triton.pipeline.postprocess import postprocess_batch  # noqa: E402
+from yolo_triton.pipeline.validation import InputError, request_options  # noqa: E402
 
 
 def _optional(request, name: str) -> np.ndarray | None:  # noqa: ANN001

@@ -19,10 +19,12 @@ from torch.utils.dlpack import from_dlpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
-from yolo_triton.postprocess import pad_batch  # noqa: E402
-from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, request_options  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.backend import tensors as pb_io  # noqa: E402
+from yolo_triton.backend.errors import error_response  # noqa: E402
+from yolo_triton.pipeline import torch_ops  # noqa: E402
+from yolo_triton.pipeline.postprocess import pad_batch  # noqa: E402
+from yolo_triton.pipeline.validation import InputError, request_options  # noqa: E402
 
 OPTIONS = [t.name for t in spec.ENSEMBLE_INPUTS if t.optional]
 

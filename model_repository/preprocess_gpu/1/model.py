@@ -18,10 +18,12 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the project root, for yolo_triton
 
-from yolo_triton import pb_io, spec, torch_ops  # noqa: E402
-from yolo_triton.model_args import ModelArgs  # noqa: E402
-from yolo_triton.triton_errors import error_response  # noqa: E402
-from yolo_triton.validation import InputError, check_image_shape  # noqa: E402
+from yolo_triton import spec  # noqa: E402
+from yolo_triton.backend import tensors as pb_io  # noqa: E402
+from yolo_triton.backend.args import ModelArgs  # noqa: E402
+from yolo_triton.backend.errors import error_response  # noqa: E402
+from yolo_triton.pipeline import torch_ops  # noqa: E402
+from yolo_triton.pipeline.validation import InputError, check_image_shape  # noqa: E402
 
 
 class TritonPythonModel:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from yolo_triton.geometry import unletterbox
-from yolo_triton.nms import Detections, NmsBudgetExceeded, PairBudget, decode
+from yolo_triton.pipeline.geometry import unletterbox
+from yolo_triton.pipeline.nms import Detections, NmsBudgetExceeded, PairBudget, decode
 
 
 def postprocess_one(

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from yolo_triton.validation import InputError
+from yolo_triton.pipeline.validation import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}

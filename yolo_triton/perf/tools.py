@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_triton import guard, images, keys, spec
-from yolo_triton.server import DEFAULT_REPO, running
-from yolo_triton.triton_install import bundled_libs
+from yolo_triton import spec
+from yolo_triton.client import images
+from yolo_triton.serve import guard, keys
+from yolo_triton.serve.install import bundled_libs
+from yolo_triton.serve.launcher import DEFAULT_REPO, running
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"
@@ -235,7 +237,7 @@ def add_target_args(ap: argparse.ArgumentParser, kind: str, quick: str | None) -
     """The options every measurement tool shares: what to measure against and where results go.
 
     `quick` is the help text of --quick (None: the tool has no quick mode)."""
-    from yolo_triton.server import DEFAULT_REPO
+    from yolo_triton.serve.launcher import DEFAULT_REPO
 
     ap.add_argument("--images", nargs="+", default=[], help="image files/folders (default: the samples)")
     ap.add_argument("--url", help="HOST:PORT of a running server (gRPC); default: start one here")

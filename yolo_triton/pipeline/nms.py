@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from yolo_triton.validation import InputError
+from yolo_triton.pipeline.validation import InputError
 
 MAX_NMS = 30000
 MAX_WH = 7680

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from yolo_triton.nms import Detections
+from yolo_triton.pipeline.nms import Detections
 
 
 def _colour(k: int) -> tuple[int, int, int]:

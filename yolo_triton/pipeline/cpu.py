@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_triton import geometry, spec
-from yolo_triton.ort_session import make_session
-from yolo_triton.postprocess import postprocess_batch
-from yolo_triton.validation import InputError
+from yolo_triton import spec
+from yolo_triton.pipeline import geometry
+from yolo_triton.pipeline.ort_session import make_session
+from yolo_triton.pipeline.postprocess import postprocess_batch
+from yolo_triton.pipeline.validation import InputError
 
 Limits = list[tuple[float, float, int]]
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]

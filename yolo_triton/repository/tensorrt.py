@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo_triton import repository, spec
-from yolo_triton.repository import ModelFacts
+from yolo_triton import spec
+from yolo_triton.repository import configs as repository
+from yolo_triton.repository.configs import ModelFacts
 
 PRECISIONS = ("fp16", "fp32", "int8")
 BUILDERS = ("auto", "python", "trtexec")
@@ -311,7 +312,7 @@ def file_sha256(path: Path) -> str:
 
 def calibration_images(folder: Path, limit: int = MAX_CALIB_IMAGES) -> list[Path]:
     """The image files under `folder` (sorted, at most `limit`, evenly spread over the list)."""
-    from yolo_triton.images import IMAGE_SUFFIXES
+    from yolo_triton.client.images import IMAGE_SUFFIXES
 
     if not folder.is_dir():
         raise BuildError(f"--calib-images {folder}: not a folder of images")
@@ -337,7 +338,8 @@ def calibration_batches(files: Sequence[Path], imgsz: int, batch: int) -> Iterat
     TensorRT 10 calibrates at the profile's opt shape, so every batch is full: a remainder
     smaller than `batch` is left out.
     """
-    from yolo_triton import geometry, images
+    from yolo_triton.client import images
+    from yolo_triton.pipeline import geometry
 
     if len(files) < batch:
         raise BuildError(f"INT8 calibration needs at least {batch} images (one batch at the opt batch size), "

@@ -18,10 +18,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from yolo_triton import keys, spec
-from yolo_triton.nms import Detections
-from yolo_triton.postprocess import unpad
-from yolo_triton.validation import check_images, check_thresholds
+from yolo_triton import spec
+from yolo_triton.pipeline.nms import Detections
+from yolo_triton.pipeline.postprocess import unpad
+from yolo_triton.pipeline.validation import check_images, check_thresholds
+from yolo_triton.serve import keys
 
 
 def retryable(status: str | None, message: str) -> bool:

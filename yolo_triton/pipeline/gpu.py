@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo_triton import torch_ops
-from yolo_triton.nms import Detections
-from yolo_triton.postprocess import pad_batch
+from yolo_triton.pipeline import torch_ops
+from yolo_triton.pipeline.nms import Detections
+from yolo_triton.pipeline.postprocess import pad_batch
 
 Limits = list[tuple[float, float, int]]
 STAGES = ("letterbox", "network", "nms")

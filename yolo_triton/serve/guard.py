@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from yolo_triton import keys
+from yolo_triton.serve import keys
 
 SOURCE = Path(__file__).with_name("guard.c")
 

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from yolo_triton import spec
-from yolo_triton.repository import ModelFacts
+from yolo_triton.repository.configs import ModelFacts
 
 
 def artefact_path(repo: Path) -> Path:
@@ -71,7 +71,7 @@ def export_for_gpu(model, facts: ModelFacts, repo: Path) -> str:  # noqa: ANN001
     """Write the exported network into the repository; a one-line message for the build log."""
     import torch
 
-    from yolo_triton.torch_ops import FACTS_EXTRA
+    from yolo_triton.pipeline.torch_ops import FACTS_EXTRA
 
     dest = artefact_path(repo)
     dest.parent.mkdir(parents=True, exist_ok=True)

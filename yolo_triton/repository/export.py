@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from yolo_triton.repository import ModelFacts
+from yolo_triton.repository.configs import ModelFacts
 
 DEFAULT_WEIGHTS = "yolov8n.pt"
 SEED = 0

@@ -32,7 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from yolo_triton.triton_install import die_with_parent
+from yolo_triton.serve.install import die_with_parent
 
 PROXY_KEY_HEADER = "x-yolo-proxy-key"
 # A 64-image batch (spec.MAX_BATCH) of 1080p photos as binary UINT8 tensors is

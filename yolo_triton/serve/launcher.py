@@ -1,6 +1,6 @@
 """Decide what a tritonserver can load, start it guarded, and wait until it serves.
 
-    python -m yolo_triton.server [--repo model_repository] [--host 127.0.0.1] [--grpc-port 8001] [--http] ...
+    python -m yolo_triton.serve.launcher [--repo model_repository] [--host 127.0.0.1] [--grpc-port 8001] [--http] ...
 
 Only variants whose backend, device and artefact are present are loaded; the rest are named
 with the reason. `yolov8n` is pointed at the best loadable variant.
@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from yolo_triton import guard, keys, repository, spec
-from yolo_triton.keys import API_KEY_HEADER, key_headers
-from yolo_triton.triton_install import (
+from yolo_triton import spec
+from yolo_triton.repository import configs as repository
+from yolo_triton.serve import guard, keys
+from yolo_triton.serve.install import (
     LaunchError,
     TritonInstall,
     die_with_parent,
@@ -46,7 +47,8 @@ from yolo_triton.triton_install import (
     find_triton,
     gpu_available,
 )
-from yolo_triton.watchdog import StubWatchdog
+from yolo_triton.serve.keys import API_KEY_HEADER, key_headers
+from yolo_triton.serve.watchdog import StubWatchdog
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO = ROOT / "model_repository"
@@ -101,7 +103,7 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
 def _unservable(repo: Path, v: spec.Variant) -> str | None:
     """Why the variant's detector artefact cannot be loaded here, or None."""
     if v.backend == "tensorrt":  # plans are per GPU model and TensorRT version: a file is not enough
-        from yolo_triton import tensorrt_build
+        from yolo_triton.repository import tensorrt as tensorrt_build
 
         return tensorrt_build.plan_problem(repo / v.detector)
     if not (repo / v.detector / "1" / v.artefact).exists():
@@ -180,7 +182,7 @@ def command(
 
 
 def http_proxy():  # noqa: ANN201 - the module, imported only when HTTP is asked for
-    from yolo_triton import http_proxy as module
+    from yolo_triton.serve import http_proxy as module
 
     return module
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo_triton import geometry, spec
-from yolo_triton.nms import MAX_NMS, MAX_WH, Detections
+from yolo_triton import spec
+from yolo_triton.pipeline import geometry
+from yolo_triton.pipeline.nms import MAX_NMS, MAX_WH, Detections
 
 # Batch sizes a CUDA graph is captured for (declared with the variant in spec); a batch is padded
 # up to the next one. Powers of two keep the padding under 2x with only a few graphs to capture.
