@@ -2,6 +2,8 @@
 # needs nothing else.
 SHELL := /bin/bash
 PY := .venv/bin/python
+# Every target below is one subcommand of the project's console command (yolo-triton --help).
+YT := .venv/bin/yolo-triton
 WEIGHTS ?= yolov8n.pt
 IMGSZ ?=
 GRPC_PORT ?= 8001
@@ -15,7 +17,7 @@ HTTP ?=
 export GRPC_PORT HTTP_PORT METRICS_PORT HOST HTTP
 
 IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
-# e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see build/build_engines.py --help)
+# e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see yolo-triton build --help)
 TRT_ARGS ?=
 
 .PHONY: help setup build-engines serve demo test lint eval perf locust compare report bench-cpu bench-gpu clean
@@ -27,14 +29,14 @@ setup: ## create .venv with the pinned dependencies (quick when done)
 	@bash build/setup.sh
 
 build-engines: setup ## export WEIGHTS (default yolov8n.pt) to ONNX (+ TensorRT where present) into model_repository/
-	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(TRT_ARGS)
+	@$(YT) build --weights $(WEIGHTS) --repo $(REPO) $(IMGSZ_ARG) $(TRT_ARGS)
 
 serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1), GRPC_PORT/METRICS_PORT (HTTP=1: HTTP_PORT via nginx); Ctrl-C drains
-	@$(PY) -m yolo_triton.serve.launcher --repo $(REPO)
+	@$(YT) serve --repo $(REPO)
 
 demo: setup ## the main job: build, serve, detect on assets/samples, per-stage times, annotated images in runs/demo
-	@$(PY) build/build_engines.py --weights $(WEIGHTS) $(IMGSZ_ARG) $(if $(filter command line,$(origin WEIGHTS)),,--fallback)
-	@$(PY) clients/demo.py
+	@$(YT) build --weights $(WEIGHTS) --repo $(REPO) $(IMGSZ_ARG) $(if $(filter command line,$(origin WEIGHTS)),,--fallback)
+	@$(YT) demo
 
 test: setup ## run the test suite (starts real tritonservers on free ports)
 	@$(PY) -m pytest -q -rs
@@ -43,25 +45,25 @@ lint: setup ## ruff
 	@$(PY) -m ruff check .
 
 eval: setup ## served vs Ultralytics mAP on a YOLO dataset (DATA=data.yaml, default the shapes val split)
-	@$(PY) clients/evaluate.py $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(DATA),--data $(DATA),)
+	@$(YT) eval $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(DATA),--data $(DATA),)
 
 perf: setup ## perf_analyzer concurrency + request-rate sweeps per variant -> runs/perf/<timestamp>/
-	@$(PY) perf/perf_sweep.py $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(if $(URL),--url $(URL),)
+	@$(YT) perf $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(if $(URL),--url $(URL),)
 
 locust: setup ## Locust gRPC load test (USERS, SPAWN_RATE, DURATION) -> runs/locust/<timestamp>/
-	@$(PY) perf/locust_run.py $(if $(USERS),--users $(USERS),) $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE),) $(if $(DURATION),--duration $(DURATION),) $(if $(URL),--url $(URL),)
+	@$(YT) locust $(if $(USERS),--users $(USERS),) $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE),) $(if $(DURATION),--duration $(DURATION),) $(if $(URL),--url $(URL),)
 
 compare: setup ## YOLOv8n vs YOLOv5n stage by stage, plus every served variant -> runs/compare/<timestamp>/
-	@$(PY) perf/compare.py
+	@$(YT) compare
 
 report: setup ## one Markdown report with plots from the latest perf, locust and compare runs -> runs/report/
-	@$(PY) perf/report.py
+	@$(YT) report
 
 bench-cpu: setup ## raw ONNX Runtime vs served ensemble vs Ultralytics predict, with ratios (WEIGHTS=, IMGSZ=: a fresh repository)
-	@$(PY) perf/bench_cpu.py $(if $(filter command line environment,$(origin WEIGHTS)),--weights $(WEIGHTS),) $(IMGSZ_ARG)
+	@$(YT) bench-cpu $(if $(filter command line environment,$(origin WEIGHTS)),--weights $(WEIGHTS),) $(IMGSZ_ARG)
 
 bench-gpu: setup ## GPU ensemble vs raw FP16 CUDA-graph network vs Ultralytics predict (on a GPU machine)
-	@$(PY) perf/bench_gpu.py
+	@$(YT) bench-gpu
 
 clean: ## remove generated artefacts (model files, configs, runs/), keep .venv
 	@git clean -fdX model_repository runs >/dev/null; echo "clean: model_repository artefacts and runs/ removed"

@@ -20,7 +20,7 @@ SAMPLES = ROOT / "assets" / "samples"
 
 
 def build_repo(weights: Path | str, dest: Path, imgsz: int | None = None) -> Path:
-    import build_engines  # build/ is on sys.path (see pytest_configure)
+    from yolo_triton.repository import build as build_engines
 
     args = ["--weights", str(weights), "--repo", str(dest)]
     if imgsz:
@@ -33,7 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "build"))
-    sys.path.insert(0, str(ROOT / "clients"))
     os.environ.setdefault("YOLO_ORT_THREADS", "2")
 
 

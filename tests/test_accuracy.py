@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import evaluate
 import pytest
 from test_serving import assert_same_detections
 
-from yolo_triton.client import images
+from yolo_triton.client import evaluate, images
 
 SUBSET = 40
 

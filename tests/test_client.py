@@ -1,14 +1,15 @@
-"""clients/detect.py end to end: its lines, its JSON and its annotated images."""
+"""`yolo-triton detect` end to end: its lines, its JSON and its annotated images."""
 
 from __future__ import annotations
 
 import json
 
 import cv2
-import detect
 import numpy as np
 import pytest
 from conftest import SAMPLES, sample_images
+
+from yolo_triton.client import detect
 
 
 def test_detect_json_matches_direct_client(server, client, tmp_path, capsys):
@@ -65,3 +66,22 @@ def test_detect_reports_bad_files_and_carries_on(server, tmp_path, capsys):
     assert "notes.jpg: error" in err and "not a decodable image" in err
     assert "truncated.jpg: error" in err
     assert [r["image"] for r in json.loads(out.read_text())] == [str(good)]
+
+
+def test_the_short_example_client_prints_what_the_server_answers(server, client):
+    """clients/grpc_client.py: tritonclient alone, no project code, against the real server."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SAMPLES
+
+    path = SAMPLES / "bus.jpg" if (SAMPLES / "bus.jpg").exists() else next(SAMPLES.glob("*.jpg"))
+    want = client.detect(cv2.imread(str(path))).detections
+    out = subprocess.run([sys.executable, str(ROOT / "clients" / "grpc_client.py"), str(path), server.url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1].startswith(f"{len(want.scores)} detections in ")
+    assert len(lines) == len(want.scores) + 1 and len(want.scores) > 0
+    names = client.names
+    assert lines[0].split()[0] == names[int(want.classes[0])]

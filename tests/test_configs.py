@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -87,8 +88,35 @@ def test_fused_pipeline_has_the_ensemble_interface(repo, facts, variant):
     assert [i.optional for i in fused.input] == [t.optional for t in spec.ENSEMBLE_INPUTS]
     artefact = fused.parameters["artefact_model"].string_value, fused.parameters["artefact"].string_value
     assert artefact == (variant.detector, variant.artefact)
-    assert (Path(repository.SOURCE_REPO) / variant.pipeline / "1" / "model.py").exists()
     assert int(fused.parameters["imgsz"].string_value) == facts.imgsz
+    assert fused.parameters["role"].string_value == "pipeline"
+    assert fused.parameters["device"].string_value == variant.device
+
+
+def test_every_python_model_is_the_one_generated_shim(repo):
+    """No model folder holds code of its own: a two-line model.py that imports the installed package,
+    and no path into the source tree (the repository can be copied anywhere)."""
+    configs = _configs(repo)
+    python = [name for name, cfg in configs.items() if cfg.backend == "python"]
+    assert len(python) == 8
+    for name in python:
+        text = (repo / name / "1" / "model.py").read_text()
+        code = [ast.unparse(node) for node in ast.parse(text).body[1:]]  # after the docstring
+        assert code == ["from yolo_triton.backend.model import TritonPythonModel"], (name, code)
+        assert "sys.path" not in text and not (repo / name / "1" / "model.py").is_symlink()
+        role = configs[name].parameters["role"].string_value
+        assert role in ("preprocess", "network", "postprocess", "pipeline"), (name, role)
+
+
+def test_variants_lie_on_their_axes():
+    """device x runtime x topology: every runtime staged, the python runtimes fused too, and the
+    alias picks by FASTEST_FIRST, which names every variant once."""
+    keys = [v.key for v in spec.VARIANTS]
+    assert sorted(spec.FASTEST_FIRST) == sorted(keys) and len(set(keys)) == len(keys)
+    for v in spec.VARIANTS:
+        assert v.topology in ("staged", "fused") and v.device in ("cpu", "gpu")
+        assert v.fused == (v.topology == "fused") and (not v.fused or v.runtime.in_python)
+        assert ("gpu" in v.needs) == (v.device == "gpu")
 
 
 def test_configs_carry_the_checkpoint_facts(repo, facts):

@@ -23,7 +23,9 @@ from yolo_triton.client.detector import DetectorClient, ServerError
 from yolo_triton.serve.launcher import EXIT_TIMEOUT_S, Ports, Server, free_port
 from yolo_triton.serve.watchdog import SHM_DIR, STUB_NAME
 
-PYTHON_MODELS = (spec.PREPROCESS.name, spec.variant("ort").detector, spec.POSTPROCESS.name)
+# Every python model of the CPU variants, and the ensemble whose requests go through it.
+PYTHON_MODELS = {**{m: spec.variant("ort").ensemble for m in spec.variant("ort").stages},
+                 spec.variant("ort_fused").pipeline: spec.ALIAS}
 
 
 def photo() -> np.ndarray:
@@ -50,10 +52,10 @@ def test_killed_stubs_come_back_and_requests_succeed(repo, tmp_path):
     """Triton 2.51 leaves a killed stub dead (every request: INTERNAL "... is not healthy");
     the launcher's watchdog reloads the model, and DetectorClient retries until it is back."""
     image = photo()
-    with Server(repo, log=tmp_path / "tritonserver.log") as server, \
-            DetectorClient(server.url, timeout_s=120, retries=20) as client:
-        expected = client.detect(image).detections
-        for model in PYTHON_MODELS:
+    with Server(repo, log=tmp_path / "tritonserver.log") as server:
+        for model, ensemble in PYTHON_MODELS.items():
+            client = DetectorClient(server.url, model=ensemble, timeout_s=120, retries=20)
+            expected = client.detect(image).detections
             stub = stub_of(server.proc.pid, model)
             region = SHM_DIR / stub.cmdline()[2]
             assert region.exists()
@@ -69,6 +71,7 @@ def test_killed_stubs_come_back_and_requests_succeed(repo, tmp_path):
             assert not region.exists(), "the dead stub's shared memory was left in /dev/shm"
             for _ in range(3):
                 same(client.detect(image).detections, expected)
+            client.close()
         start = time.monotonic()
     # Triton cannot unload a model version whose stub died after requests reached it: the exit
     # waits out its timeout (and reports it) instead of hanging.
@@ -96,7 +99,8 @@ def test_stub_killed_under_load_loses_no_request(repo, tmp_path):
         for t in threads:
             t.start()
         time.sleep(2)
-        os.kill(stub_of(server.proc.pid, spec.PREPROCESS.name).pid, signal.SIGKILL)
+        assert server.plan.alias.fused  # the load goes to yolov8n: its one python model is the one to kill
+        os.kill(stub_of(server.proc.pid, server.plan.alias.pipeline).pid, signal.SIGKILL)
         killed_at = len(results)
         time.sleep(8)
         stop.set()
@@ -110,14 +114,14 @@ def test_stub_killed_under_load_loses_no_request(repo, tmp_path):
 
 
 def _launcher(repo: Path, ports: Ports, log: Path, how: str = "launcher") -> subprocess.Popen:
-    """`make serve`'s process, `python -m yolo_triton.serve.launcher`, in a process group of its own.
+    """`make serve`'s process, `python -m yolo_triton.serve.cli`, in a process group of its own.
 
     how="make-tty": `make serve` itself, on a pseudo-terminal that is its controlling terminal,
     as a person runs it (Ctrl-C is then the terminal's, sent by writing ^C to it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "TRITON_API_KEY", "HTTP")}
     if how != "make-tty":
         return subprocess.Popen(
-            [sys.executable, "-m", "yolo_triton.serve.launcher", "--repo", str(repo), "--grpc-port", str(ports.grpc),
+            [sys.executable, "-m", "yolo_triton.serve.cli", "--repo", str(repo), "--grpc-port", str(ports.grpc),
              "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)],
             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     import fcntl
@@ -195,11 +199,11 @@ def test_every_way_of_stopping_drains_in_flight_requests_then_exits_0(repo, tmp_
     try:
         _wait_ready(proc, log)
         # Small photos in full batches: the requests arrive at once (a few MB each) and still take
-        # the server seconds (8 x 32 images), so they are surely in flight at the signal.
+        # the server seconds (8 x 64 images), so they are surely in flight at the signal.
         image = cv2.resize(photo(), (160, 120))
         with DetectorClient(url, timeout_s=120) as c:
             expected = c.detect(image).detections
-        batch = np.stack([image] * 32)
+        batch = np.stack([image] * spec.MAX_BATCH)
         done: list[object] = []
 
         def big_request() -> None:
@@ -212,7 +216,7 @@ def test_every_way_of_stopping_drains_in_flight_requests_then_exits_0(repo, tmp_
         threads = [threading.Thread(target=big_request) for _ in range(8)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert not done, "the requests finished before the signal: make them bigger"
         signalled = time.monotonic()
         STOPS[how](proc)

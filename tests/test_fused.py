@@ -34,9 +34,11 @@ def _detect(url: str, model: str, image: np.ndarray, **options):  # noqa: ANN003
         return c.detect(image, **options).detections
 
 
-def test_fused_is_served_but_not_the_default(server):
-    assert FUSED.ensemble in server.plan.load
-    assert server.plan.alias.key == ENSEMBLE.key, "yolov8n stays the staged ensemble (per-stage statistics)"
+def test_fused_is_the_default_and_the_staged_ensemble_is_served_too(server):
+    """The fused pipeline reports its own per-stage times (custom metrics), so `yolov8n` can be the
+    faster of the two; the staged ensemble stays callable by name."""
+    assert FUSED.ensemble in server.plan.load and ENSEMBLE.ensemble in server.plan.load
+    assert server.plan.alias.key == FUSED.key
     with DetectorClient(server.url, model=FUSED.ensemble) as c:
         assert c.names == ("circle", "rectangle", "triangle")
 

@@ -1,8 +1,8 @@
 """The GPU variant: its torch math against the NumPy originals (CPU, always), its configs and the
 launcher's decision (always), and the served GPU ensemble (only where CUDA is visible).
 
-The CPU tests are what keeps `torch_ops` honest in CI: the GPU models run exactly these functions,
-only on CUDA tensors.
+The CPU tests are what keeps the torch stages (pipeline.torch_*) honest in CI: the GPU models run
+exactly these functions, only on CUDA tensors.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from test_serving import iou_matrix
 
 from yolo_triton import spec
 from yolo_triton.client.detector import OUTPUTS, DetectorClient, build_inputs, parse_outputs
-from yolo_triton.pipeline import geometry, nms, postprocess, torch_ops
+from yolo_triton.pipeline import geometry, nms, postprocess, torch_decode, torch_letterbox, torch_network
 from yolo_triton.pipeline.validation import InputError, check_image_shape, check_images
 from yolo_triton.repository import configs as repository
 from yolo_triton.serve import launcher
@@ -45,7 +45,7 @@ def test_letterbox_batch_matches_numpy(shape):
     img = _image(rng, *shape)
     canvas, lb = geometry.letterbox(img, 640)
     want = geometry.to_pixels(canvas[None])[0]
-    got = torch_ops.letterbox_batch(torch.from_numpy(img)[None], 640)[0].numpy()
+    got = torch_letterbox.letterbox_batch(torch.from_numpy(img)[None], 640)[0].numpy()
     assert got.shape == want.shape and got.dtype == np.float32
     diff = np.abs(got - want) * 255
     assert diff.max() <= 1 + 1e-3, "at most one grey level apart (OpenCV rounds fixed-point, torch float)"
@@ -60,9 +60,9 @@ def test_letterbox_batch_matches_numpy(shape):
 def test_letterbox_batch_equals_one_by_one():
     rng = np.random.default_rng(7)
     imgs = np.stack([_image(rng, 300, 500) for _ in range(3)])
-    batch = torch_ops.letterbox_batch(torch.from_numpy(imgs), 320)
+    batch = torch_letterbox.letterbox_batch(torch.from_numpy(imgs), 320)
     for i in range(3):
-        assert torch.equal(batch[i], torch_ops.letterbox_batch(torch.from_numpy(imgs[i : i + 1]), 320)[0])
+        assert torch.equal(batch[i], torch_letterbox.letterbox_batch(torch.from_numpy(imgs[i : i + 1]), 320)[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -72,10 +72,10 @@ def test_letterbox_many_writes_each_request_in_order(dtype):
     sizes = [(2, 300, 500), (1, 300, 500), (1, 100, 50), (2, 300, 500), (1, 1, 1)]
     batches = [torch.from_numpy(np.stack([_image(rng, h, w) for _ in range(n)])) for n, h, w in sizes]
     out = torch.full((10, 3, 320, 320), -1.0, dtype=dtype)
-    rows = torch_ops.letterbox_many(batches, 320, out)
+    rows = torch_letterbox.letterbox_many(batches, 320, out)
     start = 0
     for b, (n, h, w) in zip(batches, sizes):
-        want = torch_ops.letterbox_batch(b, 320).to(dtype)
+        want = torch_letterbox.letterbox_batch(b, 320).to(dtype)
         assert torch.equal(out[start : start + n], want)
         assert np.array_equal(rows[start : start + n], np.repeat(geometry.plan(h, w, 320).as_array()[None], n, 0))
         start += n
@@ -96,7 +96,7 @@ class _Tensor:
 def test_optional_inputs_come_back_with_their_values_and_dtypes(device):
     from types import SimpleNamespace
 
-    from yolo_triton.backend import tensors as pb_io
+    from yolo_triton.backend import gpu_tensors as pb_io
 
     sent = {"CONF_THRESHOLD": np.array([[0.25], [np.nan]], np.float32),
             "MAX_DETECTIONS": np.array([[7], [300]], np.int32), "MULTI_LABEL": np.array([[True], [False]])}
@@ -139,7 +139,7 @@ def _raw(rng: np.random.Generator, nc: int, anchors: int, size: int = 640) -> np
 
 def _decode(raws: np.ndarray, limits: list[tuple[float, float, int]], device: str = "cpu") -> list[nms.Detections]:
     conf, iou, max_det = zip(*limits)
-    return torch_ops.decode_batch(torch.from_numpy(raws).to(device), conf, iou, max_det).to_numpy(len(raws))
+    return torch_decode.decode_batch(torch.from_numpy(raws).to(device), conf, iou, max_det).to_numpy(len(raws))
 
 
 def _assert_identical(got: nms.Detections, want: nms.Detections) -> None:
@@ -157,9 +157,10 @@ def test_decode_batch_equals_numpy_decode(nc, anchors):
     raws = np.stack([_raw(rng, nc, anchors) for _ in limits])
     got = _decode(raws, limits)
     conf, iou, max_det = zip(*limits)
-    tail = torch_ops.network_tail(torch.from_numpy(raws))  # what the GPU pipeline's graphs hand over
+    tail = torch_network.network_tail(torch.from_numpy(raws))  # what the GPU pipeline's graphs hand over
     assert bool(tail.finite) and torch.equal(tail.raw, torch.from_numpy(raws))
-    given = torch_ops.decode_batch(tail.raw, conf, iou, max_det, best=(tail.scores, tail.classes)).to_numpy(len(raws))
+    best = (tail.scores, tail.classes)
+    given = torch_decode.decode_batch(tail.raw, conf, iou, max_det, best=best).to_numpy(len(raws))
     kept = 0
     for raw, (c, u, m), g, b in zip(raws, limits, got, given):
         want = nms.decode(raw, c, u, m)
@@ -172,11 +173,11 @@ def test_decode_batch_equals_numpy_decode(nc, anchors):
 def test_network_tail_flags_a_non_finite_output_of_any_image():
     rng = np.random.default_rng(9)
     raws = torch.from_numpy(np.stack([_raw(rng, 3, 2100) for _ in range(3)])).half()
-    assert bool(torch_ops.network_tail(raws).finite)
+    assert bool(torch_network.network_tail(raws).finite)
     for bad in (float("nan"), float("inf"), float("-inf")):
         broken = raws.clone()
         broken[2, 5, 17] = bad
-        tail = torch_ops.network_tail(broken)
+        tail = torch_network.network_tail(broken)
         assert not bool(tail.finite), bad
         assert not bool(tail.head(1).finite), "the flag covers the whole bucket, padding included"
         assert tail.raw.dtype == torch.float32 and tail.head(2).raw.shape == (2, 7, 2100)
@@ -205,15 +206,15 @@ def test_decode_batch_multi_label_equals_numpy(flags, monkeypatch):
     for cap in (None, 400):
         if cap:
             monkeypatch.setattr(nms, "MAX_NMS", cap)
-            monkeypatch.setattr(torch_ops, "MAX_NMS", cap)
-        got = torch_ops.decode_batch(torch.from_numpy(raws), conf, iou, max_det, flags).to_numpy(len(raws))
+            monkeypatch.setattr(torch_decode, "MAX_NMS", cap)
+        got = torch_decode.decode_batch(torch.from_numpy(raws), conf, iou, max_det, flags).to_numpy(len(raws))
         for raw, (c, u, m), f, g in zip(raws, limits, flags, got):
             _assert_identical(g, nms.decode(raw, c, u, m, f))
 
 
 def test_decode_batch_caps_candidates_like_numpy(monkeypatch):
     monkeypatch.setattr(nms, "MAX_NMS", 150)
-    monkeypatch.setattr(torch_ops, "MAX_NMS", 150)
+    monkeypatch.setattr(torch_decode, "MAX_NMS", 150)
     rng = np.random.default_rng(3)
     raws = np.stack([_raw(rng, 3, 2100) for _ in range(2)])
     limits = [(0.01, 0.7, 300), (0.01, 0.6, 300)]
@@ -235,7 +236,7 @@ def test_postprocess_batch_equals_cpu_postprocess():
     lbs = np.stack([geometry.plan(h, w, 320).as_array() for h, w in ((1080, 810), (100, 1500), (320, 320))])
     limits = [(0.25, 0.7, 300), (0.2, 0.6, 10), (0.3, 0.7, 300)]
     want = postprocess.postprocess_batch(raws, lbs, limits)
-    got = postprocess.pad_batch(torch_ops.postprocess_batch(torch.from_numpy(raws), lbs, limits))
+    got = postprocess.pad_batch(torch_decode.postprocess_batch(torch.from_numpy(raws), lbs, limits))
     for g, w in zip(got, want):
         assert np.array_equal(g, w)
 
@@ -267,7 +268,7 @@ def test_gpu_pipeline_finish_answers_the_kept_requests_as_in_the_full_batch():
             for a, b in zip(out, full[k]):
                 assert np.array_equal(a, b), f"request {k} of keep={keep}"
     assert pipeline.finish(started(), [], [], []) == []
-    best = torch_ops.best_class(torch.from_numpy(raws))
+    best = torch_decode.best_class(torch.from_numpy(raws))
     for keep in ([1, 3], [0, 1, 2, 3]):
         run = Started(rows, torch.from_numpy(raws), sizes, 0.0, best, lambda: True)
         got = pipeline.finish(run, [limits[k] for k in keep], [multi[k] for k in keep], keep)
@@ -292,7 +293,7 @@ def test_gpu_pipeline_answers_a_non_finite_replay_from_the_eager_network():
     want = pipeline.finish(Started(rows, raws.half().float(), [1, 1], 0.0), limits, multi)
     assert sum(int(out[3].sum()) for out in want) > 5
     broken = torch.full_like(raws, float("nan"))
-    got = pipeline.finish(Started(rows, broken, [1, 1], 0.0, torch_ops.best_class(broken), lambda: False),
+    got = pipeline.finish(Started(rows, broken, [1, 1], 0.0, torch_decode.best_class(broken), lambda: False),
                           limits, multi)
     assert pipeline.eager_fallbacks == 1
     for g, w in zip(got, want):
@@ -307,10 +308,10 @@ def test_gpu_artefact_matches_the_onnx_export(repo, facts):
     from yolo_triton.pipeline.ort_session import make_session
 
     path = repo / GPU.detector / "1" / GPU.artefact
-    net, recorded = torch_ops.load_network(str(path), torch.device("cpu"), half=False)
+    net, recorded = torch_network.load_network(str(path), torch.device("cpu"), half=False)
     assert recorded["imgsz"] == facts.imgsz and recorded["names"] == list(facts.names)
     session = make_session(repo / spec.variant("ort").detector / "1" / "model.onnx")
-    x = torch.cat([torch_ops.letterbox_batch(torch.from_numpy(im)[None], facts.imgsz)
+    x = torch.cat([torch_letterbox.letterbox_batch(torch.from_numpy(im)[None], facts.imgsz)
                    for im in sample_images().values()])
     with torch.no_grad():
         got = net(x).numpy()
@@ -337,15 +338,15 @@ def test_exported_network_holds_nothing_a_cuda_graph_cannot_capture(repo):
 
 def test_served_network_refuses_an_artefact_of_another_size(repo, facts):
     path = repo / GPU.detector / "1" / GPU.artefact
-    net = torch_ops.load_served_network(path, torch.device("cpu"), facts.imgsz)
+    net = torch_network.load_served_network(path, torch.device("cpu"), facts.imgsz)
     assert next(net.parameters()).dtype == torch.float16
     with pytest.raises(ValueError, match=f"exported for imgsz {facts.imgsz} but the config says 640"):
-        torch_ops.load_served_network(path, torch.device("cpu"), 640)
+        torch_network.load_served_network(path, torch.device("cpu"), 640)
 
 
 def test_graph_buckets_follow_the_config():
-    assert torch_ops.graph_buckets("1,2,4,8,16,32,64", 16) == [1, 2, 4, 8, 16]
-    assert torch_ops.graph_buckets("", spec.MAX_BATCH) == list(torch_ops.BUCKETS)
+    assert torch_network.graph_buckets("1,2,4,8,16,32,64", 16) == [1, 2, 4, 8, 16]
+    assert torch_network.graph_buckets("", spec.MAX_BATCH) == list(torch_network.BUCKETS)
 
 
 def test_gpu_configs_keep_tensors_on_the_gpu(repo):
@@ -357,14 +358,14 @@ def test_gpu_configs_keep_tensors_on_the_gpu(repo):
         assert cfg.max_batch_size == spec.MAX_BATCH and cfg.HasField("dynamic_batching"), name
     det = configs[GPU.detector]
     assert det.dynamic_batching.max_queue_delay_microseconds == 0, "a batch of one must not wait"
-    assert list(det.dynamic_batching.preferred_batch_size) == list(torch_ops.BUCKETS)
+    assert list(det.dynamic_batching.preferred_batch_size) == list(torch_network.BUCKETS)
     assert det.parameters["artefact"].string_value == GPU.artefact
     ens = repository.parse((repo / GPU.ensemble / "config.pbtxt").read_text())
     assert [s.model_name for s in ens.ensemble_scheduling.step] == [GPU.preprocess, GPU.detector, GPU.postprocess]
     fused = repository.parse((repo / FUSED.pipeline / "config.pbtxt").read_text())
     assert fused.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
     assert [g.kind for g in fused.instance_group] == [repository.mc.ModelInstanceGroup.KIND_GPU]
-    assert fused.max_batch_size == max(torch_ops.BUCKETS), "a batch never exceeds the largest CUDA graph"
+    assert fused.max_batch_size == max(torch_network.BUCKETS), "a batch never exceeds the largest CUDA graph"
 
 
 def test_launcher_loads_the_gpu_variant_only_with_a_gpu(repo):
@@ -375,7 +376,7 @@ def test_launcher_loads_the_gpu_variant_only_with_a_gpu(repo):
     with_gpu = launcher.plan_models(repo, set(), gpu=True)
     assert {GPU.preprocess, GPU.detector, GPU.postprocess, GPU.ensemble} <= set(with_gpu.load)
     assert {FUSED.pipeline, FUSED.ensemble} <= set(with_gpu.load)
-    assert with_gpu.alias == GPU, "on a GPU machine `yolov8n` serves the GPU ensemble (bundled server)"
+    assert with_gpu.alias == FUSED, "on a GPU machine `yolov8n` serves the fused GPU pipeline (bundled server)"
 
 
 @pytest.mark.skipif(launcher.gpu_available(), reason="this machine has a GPU: the GPU variant is served")
@@ -404,8 +405,8 @@ def test_cuda_ops_match_numpy():
         np.testing.assert_allclose(g.boxes, want.boxes, atol=1e-3)
         np.testing.assert_allclose(g.scores, want.scores, atol=1e-6)
     img = _image(rng, 1080, 810)
-    cpu = torch_ops.letterbox_batch(torch.from_numpy(img)[None], 640)
-    gpu = torch_ops.letterbox_batch(torch.from_numpy(img)[None].cuda(), 640).cpu()
+    cpu = torch_letterbox.letterbox_batch(torch.from_numpy(img)[None], 640)
+    gpu = torch_letterbox.letterbox_batch(torch.from_numpy(img)[None].cuda(), 640).cpu()
     assert (cpu - gpu).abs().max() * 255 <= 1 + 1e-3
 
 
@@ -413,21 +414,21 @@ def test_cuda_ops_match_numpy():
 @pytest.mark.gpu
 def test_compiled_network_replays_what_the_exported_network_computes(repo, facts):
     device = torch.device("cuda", 0)
-    net = torch_ops.load_served_network(repo / GPU.detector / "1" / GPU.artefact, device, facts.imgsz)
-    x = torch.cat([torch_ops.letterbox_batch(torch.from_numpy(im)[None].to(device), facts.imgsz)
+    net = torch_network.load_served_network(repo / GPU.detector / "1" / GPU.artefact, device, facts.imgsz)
+    x = torch.cat([torch_letterbox.letterbox_batch(torch.from_numpy(im)[None].to(device), facts.imgsz)
                    for im in sample_images().values()]).half()
     with torch.inference_mode():
         want = net(x).float()  # eager first: eager work first seen after a capture once broke replays
-        fast, note = torch_ops.compile_network(net, facts.imgsz)
+        fast, note = torch_network.compile_network(net, facts.imgsz)
         assert note == "network compiled by TorchInductor"
-        graphed = torch_ops.GraphedNetwork(fast, facts.imgsz, device, torch.float16, (1, 8), tail=True)
+        graphed = torch_network.GraphedNetwork(fast, facts.imgsz, device, torch.float16, (1, 8), tail=True)
         graphed.check(net)
         got = graphed(x).float()
         n = x.shape[0]
         graphed.static_in[:n].copy_(x)
         tail = graphed.run_tail(n)
         assert torch.equal(tail.raw, graphed.static_out[8][:n].float()), "the tail reads this replay's output"
-        assert all(torch.equal(a, b) for a, b in zip((tail.scores, tail.classes), torch_ops.best_class(tail.raw)))
+        assert all(torch.equal(a, b) for a, b in zip((tail.scores, tail.classes), torch_decode.best_class(tail.raw)))
         assert bool(tail.finite)
     scale = float(want.abs().max())
     assert float((got - want).abs().max()) <= 0.02 * scale
@@ -444,7 +445,7 @@ def test_letterbox_graphs_replay_exactly_the_eager_letterbox():
     rng = np.random.default_rng(17)
     out = torch.zeros((8, 3, 320, 320), dtype=torch.float16, device=device)
     want = torch.zeros_like(out)
-    graphs = torch_ops.LetterboxGraphs(320, out, max_graphs=2, max_bytes=3 * 1080 * 810 * 3)
+    graphs = torch_letterbox.LetterboxGraphs(320, out, max_graphs=2, max_bytes=3 * 1080 * 810 * 3)
 
     def frames(*shape_and_counts: tuple[int, int, int]) -> list[torch.Tensor]:
         return [torch.from_numpy(np.stack([_image(rng, h, w) for _ in range(n)])).to(device)
@@ -464,9 +465,9 @@ def test_letterbox_graphs_replay_exactly_the_eager_letterbox():
         for i, (batch, graphable) in enumerate(cases):
             used = graphs(batch)
             total = sum(b.shape[0] for b in batch)
-            rows = torch_ops.letterbox_many(batch, 320, want)
+            rows = torch_letterbox.letterbox_many(batch, 320, want)
             if not used:
-                torch_ops.letterbox_many(batch, 320, out)
+                torch_letterbox.letterbox_many(batch, 320, out)
             assert torch.equal(out[:total], want[:total]), f"case {i}"
             assert rows.shape == (total, 6)
             if graphable and i % 2 == 1:
@@ -499,10 +500,10 @@ def _validation_images(n: int) -> list[np.ndarray]:
 
 def _fp32_onnx_reference(repo, imgsz: int):  # noqa: ANN202
     """The CPU variants' pipeline, run in this process: NumPy letterbox, FP32 ONNX Runtime, NumPy
-    decode/NMS/unletterbox (`pipeline_cpu.OrtPipeline`, what `yolov8n_ort_fused` serves)."""
-    from yolo_triton.pipeline.cpu import OrtPipeline
+    decode/NMS/unletterbox (`pipeline.cpu.CpuPipeline`, what `yolov8n_ort_fused` serves)."""
+    from yolo_triton.pipeline.cpu import CpuPipeline
 
-    pipeline = OrtPipeline(repo / spec.variant("ort").detector / "1" / "model.onnx", imgsz)
+    pipeline = CpuPipeline(repo / spec.variant("ort").detector / "1" / "model.onnx", imgsz)
     defaults = (spec.DEFAULT_CONF, spec.DEFAULT_IOU, spec.DEFAULT_MAX_DET)
 
     def detect(img: np.ndarray) -> nms.Detections:

@@ -1,7 +1,8 @@
-"""The measurement tools run for real, in their quick mode, against the session's tritonserver:
-perf_analyzer sweeps, a Locust load test, the YOLOv8n/YOLOv5n comparison and the report.
-Assertions are on the files they write (columns, non-zero figures, composing models, valid
-PNGs), never on how fast anything was."""
+"""The measurement tools (yolo_triton.perf) run for real, in their quick mode, against the
+session's tritonserver: perf_analyzer sweeps, a Locust load test, the YOLOv8n/YOLOv5n comparison
+and the report. Assertions are on the files they write (columns, non-zero figures, composing
+models, valid PNGs), never on how fast anything was. The stage-metrics reader and the fused
+stage rows are checked against literal samples."""
 
 from __future__ import annotations
 
@@ -17,19 +18,42 @@ import numpy as np
 import pytest
 
 from yolo_triton import spec
-from yolo_triton.perf import tools as perf_tools
+from yolo_triton.perf import inputs, metrics, perf_analyzer, stages, stats
+from yolo_triton.perf.runs import latest_run, read_meta
+from yolo_triton.perf.tables import read_csv
+from yolo_triton.perf.target import loaded_variants
 
 ROOT = Path(__file__).resolve().parents[1]
-PERF = ROOT / "perf"
-STAGE_MODELS = {"preprocess": "preprocess", "detector": "detector_ort", "postprocess": "postprocess"}
+LOCUSTFILE = ROOT / "perf" / "locustfile.py"
+STAGE_MODELS = {"preprocess": "preprocess", "network": "detector_ort", "postprocess": "postprocess"}
 
 
-def run_tool(script: str, *args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(PERF / script), *args], capture_output=True, text=True,
+def run_tool(module: str, *args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", f"yolo_triton.perf.{module}", *args], capture_output=True, text=True,
                          timeout=timeout, cwd=ROOT)
     if ok:
-        assert out.returncode == 0, f"{script} exit {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        assert out.returncode == 0, f"{module} exit {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out
+
+
+def target_args(server) -> list[str]:
+    """The session's server, and its own metrics port (8002 may be another server's)."""
+    return ["--url", server.url, "--metrics-url", f"127.0.0.1:{server.ports.metrics}"]
+
+
+def publishes_stage_metrics(server, model: str) -> bool:
+    """Whether `model` has published stage times on the server's metrics port (the fused models
+    do once their code reports them; until then the tools show one figure for them)."""
+    return model in metrics.snapshot(metrics.fetch(metrics.for_grpc(server.url, server.ports.metrics)))
+
+
+def assert_fused_stages(here: dict[str, dict], pipeline: str, split: bool) -> None:
+    """A fused model's stage rows: the three stages and the rest from its metrics, else one row."""
+    want = [*spec.STAGES, stages.GLUE] if split else [stages.WHOLE]
+    assert sorted(here) == sorted(want), (sorted(here), split)
+    assert all(r["composing_model" if "composing_model" in r else "model"] == pipeline for r in here.values())
+    if split:
+        assert all(here[s]["compute_infer_ms"] > 0 for s in spec.STAGES), here
 
 
 def header(path: Path) -> list[str]:
@@ -44,31 +68,31 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def variant(server) -> str:
     """The ensemble a CPU-only server runs (the ort variant) — the one the checks below name."""
-    assert spec.variant("ort").ensemble in perf_tools.loaded_variants(server.url)
+    assert spec.variant("ort").ensemble in loaded_variants(server.url)
     return spec.variant("ort").ensemble
 
 
 @pytest.fixture(scope="module")
 def perf_run(server, runs: Path) -> tuple[Path, str]:
-    out = run_tool("perf_sweep.py", "--url", server.url, "--quick", "--runs-dir", str(runs))
-    run = perf_tools.latest_run("perf", runs)
+    out = run_tool("sweep", *target_args(server), "--quick", "--runs-dir", str(runs))
+    run = latest_run("perf", runs)
     assert run is not None, out.stdout
     return run, out.stdout
 
 
 @pytest.fixture(scope="module")
 def locust_run(server, runs: Path) -> tuple[Path, str]:
-    out = run_tool("locust_run.py", "--url", server.url, "--quick", "--runs-dir", str(runs))
-    run = perf_tools.latest_run("locust", runs)
+    out = run_tool("locust", *target_args(server), "--quick", "--runs-dir", str(runs))
+    run = latest_run("locust", runs)
     assert run is not None, out.stdout
     return run, out.stdout
 
 
 @pytest.fixture(scope="module")
 def compare_run(server, repo: Path, runs: Path) -> tuple[Path, str]:
-    out = run_tool("compare.py", "--url", server.url, "--repo", str(repo), "--quick", "--no-download",
+    out = run_tool("compare", *target_args(server), "--repo", str(repo), "--quick", "--no-download",
                    "--runs-dir", str(runs))
-    run = perf_tools.latest_run("compare", runs)
+    run = latest_run("compare", runs)
     assert run is not None, out.stdout
     return run, out.stdout
 
@@ -77,14 +101,14 @@ def compare_run(server, repo: Path, runs: Path) -> tuple[Path, str]:
 
 
 def test_perf_analyzer_binary_runs_here():
-    assert "2.51" in perf_tools.perf_analyzer_version()
+    assert "2.51" in perf_analyzer.version()
 
 
 def test_perf_sweep_latency_csv(perf_run, variant):
     run, stdout = perf_run
     assert set(header(run / "latency.csv")) >= {"model", "mode", "load", "throughput", "p50_ms", "p90_ms", "p95_ms",
                                                  "p99_ms", "avg_ms", "stable"}
-    rows = perf_tools.read_csv(run / "latency.csv")
+    rows = read_csv(run / "latency.csv")
     mine = [r for r in rows if r["model"] == variant]
     assert sorted(r["load"] for r in mine if r["mode"] == "concurrency") == [1.0, 2.0]
     assert [r for r in mine if r["mode"] == "request_rate"], "the request-rate sweep is missing"
@@ -98,8 +122,8 @@ def test_perf_sweep_composing_models(perf_run, variant):
     run, _ = perf_run
     assert set(header(run / "stages.csv")) >= {"model", "mode", "load", "stage", "composing_model", "queue_ms",
                                                "compute_input_ms", "compute_infer_ms", "compute_output_ms", "total_ms"}
-    stages = perf_tools.read_csv(run / "stages.csv")
-    levels = {(r["mode"], r["load"]) for r in perf_tools.read_csv(run / "latency.csv") if r["model"] == variant}
+    stages = read_csv(run / "stages.csv")
+    levels = {(r["mode"], r["load"]) for r in read_csv(run / "latency.csv") if r["model"] == variant}
     for mode, load in levels:
         here = {s["stage"]: s for s in stages if s["model"] == variant and s["mode"] == mode and s["load"] == load}
         assert {k: s["composing_model"] for k, s in here.items()} == STAGE_MODELS, (mode, load)
@@ -112,14 +136,29 @@ def test_perf_sweep_composing_models(perf_run, variant):
     assert f"## {variant}" in summary and "### Where the time goes" in summary
 
 
+def test_perf_sweep_fused_stages(perf_run, server):
+    """A fused variant's stages come from its stage metrics when it publishes them (its queue and
+    input handling with preprocess, its output handling with postprocess, the rest of its compute
+    apart); a fused model that publishes none is one row."""
+    fused = spec.variant("ort_fused")
+    run, _ = perf_run
+    stage_rows = [s for s in read_csv(run / "stages.csv") if s["model"] == fused.ensemble]
+    levels = {(r["mode"], r["load"]) for r in read_csv(run / "latency.csv") if r["model"] == fused.ensemble}
+    assert levels, f"{fused.ensemble} was not measured"
+    split = publishes_stage_metrics(server, fused.pipeline)
+    for mode, load in levels:
+        assert_fused_stages({s["stage"]: s for s in stage_rows if (s["mode"], s["load"]) == (mode, load)},
+                            fused.pipeline, split)
+
+
 def test_perf_sweep_sends_real_photos(perf_run):
     """The input data is the photos themselves, each with its own shape: decoding the JSON gives
     back the pixels of the files named in the run's record."""
     run, _ = perf_run
-    meta = perf_tools.read_meta(run)
+    meta = read_meta(run)
     data = json.loads((run / "input_data.json").read_text())["data"]
     assert len(data) == len(meta["images"]) >= 3
-    photos = {s.name: s.image for s in perf_tools.sample_images()}
+    photos = {s.name: s.image for s in inputs.sample_images()}
     shapes = set()
     for entry, (name, _) in zip(data, meta["images"]):
         t = entry[spec.IMAGE.name]
@@ -137,20 +176,26 @@ def test_locust_reports(locust_run):
     run, stdout = locust_run
     cols = header(run / "locust_stats.csv")
     assert {"Type", "Name", "Request Count", "Failure Count", "Average Response Time", "50%", "95%", "99%"} <= set(cols)
-    agg = next(r for r in perf_tools.read_csv(run / "locust_stats.csv") if r["Name"] == "Aggregated")
+    agg = next(r for r in read_csv(run / "locust_stats.csv") if r["Name"] == "Aggregated")
     assert agg["Request Count"] > 0 and agg["Failure Count"] == 0
     assert agg["Average Response Time"] > 0 and agg["Requests/s"] > 0
     assert "<html" in (run / "locust.html").read_text()[:2000].lower()
-    meta = perf_tools.read_meta(run)
+    meta = read_meta(run)
     assert meta["requests"] == int(agg["Request Count"]) and meta["failures"] == 0
 
 
-def test_locust_stage_shares(locust_run):
+def test_locust_stage_shares(locust_run, server):
+    """The rows decompose the client's mean latency, stage by stage, whichever variant `yolov8n` is."""
     run, _ = locust_run
-    rows = {r["stage"]: r for r in perf_tools.read_csv(run / "stages.csv")}
-    for stage, model in STAGE_MODELS.items():
-        assert rows[stage]["model"] == model
-        assert rows[stage]["requests"] > 0 and rows[stage]["compute_infer_ms"] > 0
+    rows = {r["stage"]: r for r in read_csv(run / "stages.csv")}
+    v = spec.variant(read_meta(run)["variant"].removeprefix(f"{spec.ALIAS}_"))
+    if v.fused:
+        server_side = {k: r for k, r in rows.items() if k in stages.ORDER}
+        assert_fused_stages(server_side, v.pipeline, publishes_stage_metrics(server, v.pipeline))
+    else:
+        for stage, model in STAGE_MODELS.items():
+            assert rows[stage]["model"] == model
+            assert rows[stage]["requests"] > 0 and rows[stage]["compute_infer_ms"] > 0
     parts = [r["share_of_client_pct"] for k, r in rows.items() if k != "client mean latency"]
     assert sum(parts) == pytest.approx(100.0, abs=1.0)  # the rows decompose the client's mean latency
     assert "## Where the time goes under this load" in (run / "summary.md").read_text()
@@ -160,14 +205,14 @@ def test_locust_counts_failures(server, tmp_path):
     """Requests the server rejects are Locust failures (here: an ensemble that does not exist)."""
     prefix = tmp_path / "bad"
     out = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(PERF / "locustfile.py"), "--headless", "-u", "1", "-r", "1",
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-r", "1",
          "-t", "3s", "--csv", str(prefix), "--triton-url", server.url, "--triton-model", "no_such_model",
          "--think-time", "0.2"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]  # Locust's exit code on failures
-    agg = next(r for r in perf_tools.read_csv(Path(f"{prefix}_stats.csv")) if r["Name"] == "Aggregated")
+    agg = next(r for r in read_csv(Path(f"{prefix}_stats.csv")) if r["Name"] == "Aggregated")
     assert agg["Request Count"] > 0 and agg["Failure Count"] == agg["Request Count"]
-    failures = perf_tools.read_csv(Path(f"{prefix}_failures.csv"))
+    failures = read_csv(Path(f"{prefix}_failures.csv"))
     assert failures and "no_such_model" in str(failures[0]["Error"])
 
 
@@ -178,7 +223,7 @@ def test_compare_tables(compare_run, variant):
     run, stdout = compare_run
     assert set(header(run / "compare.csv")) >= {"name", "kind", "params_m", "gflops", "preprocess_ms",
                                                 "inference_ms", "postprocess_ms", "end_to_end_ms"}
-    rows = {r["name"]: r for r in perf_tools.read_csv(run / "compare.csv")}
+    rows = {r["name"]: r for r in read_csv(run / "compare.csv")}
     assert {"YOLOv8n", "YOLOv5n", variant} <= set(rows)
     for r in rows.values():
         for k in ("preprocess_ms", "inference_ms", "postprocess_ms", "end_to_end_ms"):
@@ -209,7 +254,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_report(perf_run, locust_run, compare_run, runs: Path):
-    out = run_tool("report.py", "--runs-dir", str(runs))
+    out = run_tool("report", "--runs-dir", str(runs))
     report = runs / "report" / "report.md"
     text = report.read_text()
     for section in ("## At a glance", "## 1. perf_analyzer sweeps", "## 2. Locust load test",
@@ -228,17 +273,17 @@ def test_report(perf_run, locust_run, compare_run, runs: Path):
 
 def test_report_without_runs(tmp_path):
     """Missing inputs name the command that makes them instead of failing."""
-    run_tool("report.py", "--runs-dir", str(tmp_path))
+    run_tool("report", "--runs-dir", str(tmp_path))
     text = (tmp_path / "report" / "report.md").read_text()
     for command in ("make perf", "make locust", "make compare"):
         assert command in text
 
 
 def test_sample_images_are_photos_of_several_sizes():
-    samples = perf_tools.sample_images()
+    samples = inputs.sample_images()
     assert {s.name for s in samples} >= {"bus.jpg", "zidane.jpg"}
     assert len({s.image.shape for s in samples}) >= 3
-    quick = perf_tools.spread(samples, 3)
+    quick = inputs.spread(samples, 3)
     assert len(quick) == 3 and len({s.image.shape for s in quick}) == 3
     bus = next(s for s in samples if s.name == "bus.jpg")
     assert bus.image.shape == (1080, 810, 3)
@@ -247,7 +292,7 @@ def test_sample_images_are_photos_of_several_sizes():
 def test_bench_cpu_prints_every_figure_and_the_ratios(repo):
     """`make bench-cpu` in its shortest form: one round, a fraction of a second per figure. It
     starts its own server on the session's repository; only the output's shape is checked."""
-    out = run_tool("bench_cpu.py", "--repo", str(repo), "--seconds", "0.5", "--rounds", "1", timeout=600).stdout
+    out = run_tool("bench_cpu", "--repo", str(repo), "--seconds", "0.5", "--rounds", "1", timeout=600).stdout
     for label in ("(a) raw ONNX Runtime", spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble,
                   "(d) Ultralytics predict"):
         assert label in out, out[-3000:]
@@ -260,5 +305,102 @@ def test_bench_cpu_prints_every_figure_and_the_ratios(repo):
 
 def test_bench_cpu_refuses_an_input_size_it_cannot_apply():
     """A built repository's size is fixed: `--imgsz` without `--weights` is an error, not ignored."""
-    out = run_tool("bench_cpu.py", "--imgsz", "640", ok=False, timeout=120)
+    out = run_tool("bench_cpu", "--imgsz", "640", ok=False, timeout=120)
     assert out.returncode == 2 and "--imgsz needs --weights" in out.stderr, out.stderr[-2000:]
+
+
+# --- the stage-metrics reader and the stage rows (no server) -------------------------------------
+
+PROMETHEUS = """\
+# HELP nv_inference_exec_count Number of model executions performed (does not include cached requests)
+# TYPE nv_inference_exec_count counter
+nv_inference_exec_count{model="pipeline_ort",version="1"} 12
+# HELP yolo_triton_stage_duration_us time spent in each pipeline stage, microseconds
+# TYPE yolo_triton_stage_duration_us counter
+yolo_triton_stage_duration_us{model="pipeline_ort",stage="preprocess"} 4000
+yolo_triton_stage_duration_us{model="pipeline_ort",stage="network"} 200000
+yolo_triton_stage_duration_us{model="pipeline_ort",stage="postprocess"} 6000
+yolo_triton_stage_duration_us{model="pipeline_ort",stage="report"} 50
+yolo_triton_stage_duration_us{model="preprocess",stage="preprocess"} 700.5
+# HELP yolo_triton_executions_total execute() calls of a python model
+# TYPE yolo_triton_executions_total counter
+yolo_triton_executions_total{model="pipeline_ort"} 10
+yolo_triton_executions_total{model="preprocess"} 3
+# HELP yolo_triton_images_total images served by a python model's execute() calls
+# TYPE yolo_triton_images_total counter
+yolo_triton_images_total{model="pipeline_ort"} 20
+yolo_triton_images_total{model="preprocess"} 3
+odd_metric{note="a \\"quoted\\", comma",model="x"} NaN
+"""
+
+
+def test_metrics_parse_reads_names_labels_and_values():
+    samples = metrics.parse(PROMETHEUS)
+    assert ("yolo_triton_executions_total", {"model": "pipeline_ort"}, 10.0) in samples
+    odd = next(labels for name, labels, _ in samples if name == "odd_metric")
+    assert odd == {"note": 'a "quoted", comma', "model": "x"}
+    assert not any(name.startswith("#") for name, _, _ in samples)
+
+
+def test_metrics_snapshot_and_diff_give_ms_per_execution():
+    before = metrics.snapshot(PROMETHEUS)
+    assert set(before) == {"pipeline_ort", "preprocess"}  # only models that publish stage durations
+    assert before["pipeline_ort"].executions == 10 and before["pipeline_ort"].images == 20
+    assert "report" not in before["pipeline_ort"].stage_us  # the flushes' own cost is not a stage
+    later = (PROMETHEUS.replace('"preprocess"} 4000', '"preprocess"} 10000')
+             .replace('"network"} 200000', '"network"} 500000')
+             .replace('"postprocess"} 6000', '"postprocess"} 9000')
+             .replace('total{model="pipeline_ort"} 10', 'total{model="pipeline_ort"} 13')
+             .replace('total{model="pipeline_ort"} 20', 'total{model="pipeline_ort"} 26'))
+    split = metrics.diff(before, metrics.snapshot(later))
+    assert set(split) == {"pipeline_ort"}, "a model that did not execute in between has no split"
+    s = split["pipeline_ort"]
+    assert (s.executions, s.images) == (3, 6)
+    assert s.ms == pytest.approx({"preprocess": 2.0, "network": 100.0, "postprocess": 1.0})
+    assert s.ms_per_image == pytest.approx({"preprocess": 1.0, "network": 50.0, "postprocess": 0.5})
+    assert metrics.diff(before, metrics.snapshot(later), ["preprocess"]) == {}
+
+
+def test_metrics_reader_finds_none_where_nothing_is_published():
+    assert metrics.snapshot("") == {} and metrics.snapshot("# only comments\nnv_gpu_utilization 0.5\n") == {}
+    assert metrics.read(None) == {}
+    assert metrics.read("http://127.0.0.1:9/metrics") == {}  # nothing listens there: no error, no metrics
+    assert metrics.endpoint("10.0.0.5") == "http://10.0.0.5:8002/metrics"
+    assert metrics.endpoint("10.0.0.5:9102") == "http://10.0.0.5:9102/metrics"
+    assert metrics.endpoint("http://h:1/") == "http://h:1/metrics"
+    assert metrics.for_grpc("127.0.0.1:8001") == "http://127.0.0.1:8002/metrics"
+
+
+def test_fused_stage_rows_add_up_to_the_pipeline_models_time():
+    """The fused model's queue and input handling go with preprocess, its output handling with
+    postprocess, and what its stages do not cover is `pipeline glue`: the rows sum to its total."""
+    fused = spec.variant("ort_fused")
+    pipe = stats.StageTime(fused.pipeline, 6, 3, {"queue": 5.0, "compute_input": 0.5, "compute_infer": 110.0,
+                                                  "compute_output": 0.25})
+    split = metrics.StageSplit(fused.pipeline, 3, 6, {"preprocess": 6000.0, "network": 300000.0,
+                                                      "postprocess": 3000.0})
+    rows = {r["stage"]: r for r in stages.rows(fused, {fused.pipeline: pipe}, {fused.pipeline: split}, "test")}
+    assert list(rows) == [*spec.STAGES, stages.GLUE]
+    assert rows["preprocess"]["total_ms"] == pytest.approx(5.0 + 0.5 + 2.0)
+    assert rows["network"]["compute_infer_ms"] == pytest.approx(100.0)
+    assert rows["postprocess"]["total_ms"] == pytest.approx(1.0 + 0.25)
+    assert rows[stages.GLUE]["total_ms"] == pytest.approx(110.0 - 103.0)
+    assert sum(r["total_ms"] for r in rows.values()) == pytest.approx(pipe.total_ms)
+    without = stages.rows(fused, {fused.pipeline: pipe}, {}, "test")
+    assert [r["stage"] for r in without] == [stages.WHOLE] and without[0]["total_ms"] == pytest.approx(pipe.total_ms)
+    staged = spec.variant("ort")
+    times = {m: stats.StageTime(m, 4, 2, dict.fromkeys(stats.PHASES, 1.0)) for m in STAGE_MODELS.values()}
+    assert {r["stage"]: r["composing_model"] for r in stages.rows(staged, times, {}, "test")} == STAGE_MODELS
+
+
+def test_perf_analyzer_command_lines():
+    data = Path("input.json")
+    sweep = perf_analyzer.command(perf_analyzer.Request("m", "h:1", data, extra=("--verbose-csv",)),
+                                  perf_analyzer.Load(0, 2.5, "poisson"), "x.csv", perf_analyzer.fixed_count(8))
+    text = " ".join(sweep)
+    assert " -m m -i grpc -u h:1 -b 1 --input-data input.json -f x.csv --verbose-csv " in text
+    assert "--request-rate-range 2.5 --async --request-distribution poisson --request-count 8" in text
+    gpu = perf_analyzer.command(perf_analyzer.Request("m", "h:1", data, batch=8, shape=(810, 1080, 3)),
+                                perf_analyzer.Load(16), "y.csv", perf_analyzer.time_windows(2000, 10, 6))
+    assert "--concurrency-range 16" in " ".join(gpu) and "IMAGE:810,1080,3" in gpu
+    assert gpu[-6:] == ["--measurement-interval", "2000", "-s", "10", "-r", "6"]

@@ -51,7 +51,7 @@ def test_weak_keys_are_refused(repo):
 
 def test_launcher_refuses_a_weak_key(repo):
     env = {**os.environ, "TRITON_API_KEY": "too-short"}
-    out = subprocess.run([sys.executable, "-m", "yolo_triton.serve.launcher", "--repo", str(repo), "--host", "0.0.0.0"],
+    out = subprocess.run([sys.executable, "-m", "yolo_triton.serve.cli", "--repo", str(repo), "--host", "0.0.0.0"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 2 and "TRITON_API_KEY" in out.stderr, out.stderr
 

@@ -107,9 +107,11 @@ def test_concurrent_mixed_sizes_equal_single_requests(server):
         assert_same_detections(got, want.boxes, want.scores, want.classes, iou_min=0.9999, score_tol=1e-5)
 
 
-def test_alias_serves_the_cpu_default(client):
+def test_alias_serves_the_fastest_variant_this_server_loads(server, client):
+    """On a CPU server that is the fused CPU pipeline (spec.FASTEST_FIRST)."""
     cfg = client.client.get_model_config(spec.ALIAS, as_json=True)["config"]
-    assert cfg["parameters"]["variant"]["string_value"] == "ort"
+    loaded = [v.key for v in spec.VARIANTS if v.ensemble in server.plan.load]
+    assert cfg["parameters"]["variant"]["string_value"] == min(loaded, key=spec.FASTEST_FIRST.index) == "ort_fused"
     assert client.names == ("circle", "rectangle", "triangle")
 
 

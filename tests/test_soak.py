@@ -1,4 +1,4 @@
-"""A short soak (perf/soak.py) against its own real server: Locust at about twice the saturated
+"""A short soak (yolo_triton.perf.soak) against its own real server: Locust at about twice the saturated
 rate, every reply checked, no unexpected error, the server's memory flat after warm-up."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ DURATION_S = 75
 
 @pytest.mark.slow
 def test_soak_at_twice_the_saturated_rate(repo, tmp_path):
-    cmd = [sys.executable, str(ROOT / "perf" / "soak.py"), "--repo", str(repo), "--duration", str(DURATION_S),
+    cmd = [sys.executable, "-m", "yolo_triton.perf.soak", "--repo", str(repo), "--duration", str(DURATION_S),
            "--warmup-frac", "0.3", "--runs-dir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=DURATION_S + 600)
     print(out.stdout[-3000:])

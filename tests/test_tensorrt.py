@@ -21,6 +21,7 @@ from yolo_triton import spec
 from yolo_triton.repository import configs as repository
 from yolo_triton.repository import tensorrt as tb
 from yolo_triton.repository.tensorrt import Gpu
+from yolo_triton.repository.tensorrt import build as trt_build
 from yolo_triton.serve import launcher as server
 
 H200 = Gpu("0", "NVIDIA H200", "9.0", "GPU-aaaa1111")
@@ -365,7 +366,7 @@ def test_without_tensorrt_the_build_says_in_one_line_what_it_skipped(repo, facts
 
 
 def test_build_engines_prints_the_tensorrt_line_even_when_up_to_date(repo, facts, weights, capsys):
-    import build_engines
+    from yolo_triton.repository import build as build_engines
 
     assert build_engines.main(["--weights", str(weights), "--repo", str(repo), "--imgsz", str(facts.imgsz)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -399,7 +400,7 @@ def fake_trtexec(tmp_path, monkeypatch):
     exe.write_text(FAKE_TRTEXEC)
     exe.chmod(0o755)
     monkeypatch.setenv("TRTEXEC", str(exe))
-    monkeypatch.setattr(tb, "_build_device", lambda: [H200])  # no GPU here: the device the build targets
+    monkeypatch.setattr(trt_build, "build_device", lambda: [H200])  # no GPU here: the device the build targets
     return exe
 
 

@@ -93,6 +93,10 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     platform: str = ""
 
+    def renamed(self, name: str) -> ModelSpec:
+        """The same interface under another model name (the GPU twin of a step)."""
+        return ModelSpec(name, self.backend, self.inputs, self.outputs, self.platform)
+
 
 PREPROCESS = ModelSpec("preprocess", "python", (IMAGE,), (PIXELS, LETTERBOX))
 POSTPROCESS = ModelSpec(
@@ -106,32 +110,56 @@ ENSEMBLE_OUTPUTS = (BOXES, SCORES, CLASSES, NUM_DETECTIONS)
 
 
 @dataclass(frozen=True)
-class Variant:
-    """A detector runtime and the ensemble that wraps it with pre/post processing.
+class Runtime:
+    """How the network runs: the detector model of a variant, and what the server needs for it.
 
-    `needs` names what the server must offer for the variant to load: a backend directory
-    ("onnxruntime", "tensorrt"), "gpu", or nothing for the pure-python CPU default.
-    `artefact` is the file the detector loads, relative to its version folder.
-
-    A fused variant names a `pipeline`: one python model that runs letterbox, network and NMS in
-    one execute() (the same shared functions as the staged steps), behind a one-step ensemble
-    with the same interface. One Triton<->stub hop instead of three and no intermediate tensors:
-    that glue is what a request costs beyond the network on a fast GPU or on two CPU cores. The
-    pipeline loads the artefact of `detector`'s folder. (The ensemble in front is not decoration:
-    tritonserver 2.51 never answers a zero-byte, batch-0 request sent straight to a python model
-    with dynamic batching, while an ensemble refuses it at once.)
+    `backend` is the detector's Triton backend: "python" (a python model of this package runs the
+    network: ONNX Runtime on the CPU, or PyTorch FP16 on the GPU), or a native one
+    ("onnxruntime", "tensorrt": NVIDIA's container). `accelerator` is an execution accelerator
+    inside that backend (ONNX Runtime's TensorRT provider). `artefact` is the file the detector
+    loads, relative to its version folder. `params` go into the detector's config verbatim.
     """
 
     key: str
     detector: str
+    device: str  # "cpu" | "gpu"
     backend: str
     artefact: str
-    needs: tuple[str, ...] = ()
-    preprocess: str = PREPROCESS.name
-    postprocess: str = POSTPROCESS.name
-    rank: int = 0  # higher wins when picking what `yolov8n` serves
-    extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    pipeline: str = ""
+    accelerator: str = ""
+    params: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """What the server must offer: a backend directory other than python, and "gpu"."""
+        native = () if self.backend == "python" else (self.backend,)
+        return native + (("gpu",) if self.device == "gpu" else ())
+
+    @property
+    def in_python(self) -> bool:
+        """The network runs inside a python model of this package (so a fused pipeline can too)."""
+        return self.backend == "python"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One served pipeline: a point on the axes device x runtime x topology.
+
+    Topology "staged" is the design card's ensemble: python preprocess (letterbox) -> detector ->
+    python postprocess (decode, NMS, boxes back to the image). "fused" is one python model (the
+    pipeline) running the same stage objects in one execute(): one Triton<->stub hop instead of
+    three and no intermediate tensors, which is what a request costs beyond the network on a fast
+    GPU or on two CPU cores. The pipeline loads the artefact of the runtime's detector folder. A
+    one-step ensemble stands in front of it, with the same interface (it is not decoration:
+    tritonserver 2.51 never answers a zero-byte, batch-0 request sent straight to a python model
+    with dynamic batching, while an ensemble refuses it at once).
+    """
+
+    runtime: Runtime
+    topology: str = "staged"  # "staged" | "fused"
+
+    @property
+    def key(self) -> str:
+        return self.runtime.key + ("_fused" if self.fused else "")
 
     @property
     def ensemble(self) -> str:
@@ -140,7 +168,51 @@ class Variant:
 
     @property
     def fused(self) -> bool:
-        return bool(self.pipeline)
+        return self.topology == "fused"
+
+    @property
+    def device(self) -> str:
+        return self.runtime.device
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.runtime.needs
+
+    @property
+    def detector(self) -> str:
+        return self.runtime.detector
+
+    @property
+    def backend(self) -> str:
+        return self.runtime.backend
+
+    @property
+    def artefact(self) -> str:
+        return self.runtime.artefact
+
+    @property
+    def extra(self) -> dict[str, str]:
+        return self.runtime.params
+
+    @property
+    def steps_device(self) -> str:
+        """Where the staged ensemble's python steps run: with the network when it runs in python
+        (torch is there); on the CPU next to a native detector (NVIDIA's container has NumPy and
+        OpenCV for them, not torch)."""
+        return self.device if self.runtime.in_python else "cpu"
+
+    @property
+    def preprocess(self) -> str:
+        return PREPROCESS.name + ("_gpu" if self.steps_device == "gpu" else "")
+
+    @property
+    def postprocess(self) -> str:
+        return POSTPROCESS.name + ("_gpu" if self.steps_device == "gpu" else "")
+
+    @property
+    def pipeline(self) -> str:
+        """The fused variant's python model ("" when staged)."""
+        return f"pipeline_{self.runtime.key}" if self.fused else ""
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -151,10 +223,11 @@ class Variant:
 
     @property
     def stages(self) -> dict[str, str]:
-        """Composing model -> stage role, for per-stage statistics (a fused variant has none)."""
+        """Composing model -> stage (spec.STAGES), for per-stage statistics of a staged variant.
+        A fused variant's stages are in its pipeline model's custom metrics."""
         if self.fused:
             return {}
-        return {self.preprocess: "preprocess", self.detector: "detector", self.postprocess: "postprocess"}
+        return {self.preprocess: "preprocess", self.detector: "network", self.postprocess: "postprocess"}
 
 
 ALIAS = "yolov8n"
@@ -164,38 +237,22 @@ CUDA_GRAPH_BATCHES = "1,2,4,8,16,32,64"
 # exported network as is). Measured on an H200 at 640: 0.46 ms vs 0.94 ms per batch-1 replay.
 GPU_EXTRA = {"cuda_graph_batches": CUDA_GRAPH_BATCHES, "torch_compile": "1"}
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant("ort", "detector_ort", "python", "model.onnx", rank=10),
-    Variant("onnx", "detector_onnx", "onnxruntime", "model.onnx", needs=("onnxruntime",), rank=20),
-    Variant(
-        "onnx_trt", "detector_onnx_trt", "onnxruntime", "model.onnx", needs=("onnxruntime", "gpu"), rank=30
-    ),
-    Variant(
-        "gpu",
-        "detector_torch",
-        "python",
-        "model.pt2",  # torch.export program (yolo_triton.gpu_export)
-        needs=("gpu",),
-        preprocess="preprocess_gpu",
-        postprocess="postprocess_gpu",
-        rank=40,
-        extra=GPU_EXTRA,
-    ),
-    # Fused variants rank below the ensembles: `yolov8n` stays the staged pipeline, whose per-stage
-    # statistics the measurement tools report; clients after the last millisecond call these by name.
-    Variant("ort_fused", "detector_ort", "python", "model.onnx", rank=5, pipeline="pipeline_ort"),
-    Variant(
-        "gpu_fused",
-        "detector_torch",
-        "python",
-        "model.pt2",
-        needs=("gpu",),
-        rank=35,
-        pipeline="pipeline_gpu",
-        extra=GPU_EXTRA,
-    ),
-    Variant("trt", "detector_trt", "tensorrt", "model.plan", needs=("tensorrt", "gpu"), rank=50),
+RUNTIMES: tuple[Runtime, ...] = (
+    Runtime("ort", "detector_ort", "cpu", "python", "model.onnx"),
+    Runtime("onnx", "detector_onnx", "cpu", "onnxruntime", "model.onnx"),
+    Runtime("onnx_trt", "detector_onnx_trt", "gpu", "onnxruntime", "model.onnx", accelerator="tensorrt"),
+    Runtime("gpu", "detector_torch", "gpu", "python", "model.pt2", params=GPU_EXTRA),  # torch.export program
+    Runtime("trt", "detector_trt", "gpu", "tensorrt", "model.plan"),
 )
+VARIANTS: tuple[Variant, ...] = tuple(
+    Variant(r, topology) for r in RUNTIMES for topology in ("staged", "fused") if topology == "staged" or r.in_python
+)
+# Fastest first: `yolov8n` is the first of these that the server can load. Measured (docs/benchmarks.md):
+# on the H200 the fused GPU pipeline answered c1 in 2.1-2.3 ms against 5.5-6.4 ms for the staged GPU
+# ensemble; on 2 CPU cores the fused CPU pipeline answered c1 sooner than the staged one in every
+# run. The native-backend variants (NVIDIA's container) were not measured here: a TensorRT plan's
+# network is faster than PyTorch's, behind the staged ensemble's glue, so they sit between.
+FASTEST_FIRST = ("gpu_fused", "trt", "onnx_trt", "gpu", "ort_fused", "onnx", "ort")
 
 
 def variant(key: str) -> Variant:

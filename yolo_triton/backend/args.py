@@ -17,12 +17,14 @@ class ModelArgs:
     config: dict
     params: dict[str, str]
     version_dir: Path
+    device_id: int = 0  # the GPU Triton gave this instance (KIND_GPU)
 
     @classmethod
     def parse(cls, args: dict) -> ModelArgs:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        return cls(config, params, Path(args["model_repository"]) / args["model_version"])
+        return cls(config, params, Path(args["model_repository"]) / args["model_version"],
+                   int(args.get("model_instance_device_id", 0) or 0))
 
     @property
     def artefact(self) -> Path:
@@ -38,6 +40,19 @@ class ModelArgs:
         if not path.exists():
             raise FileNotFoundError(f"{path} missing: run `make build-engines` on this machine")
         return path
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def role(self) -> str:
+        """What the model does: preprocess, network, postprocess or pipeline (repository.configs)."""
+        return self.params["role"]
+
+    @property
+    def device(self) -> str:
+        return self.params.get("device", "cpu")
 
     @property
     def imgsz(self) -> int:

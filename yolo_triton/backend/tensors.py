@@ -1,84 +1,37 @@
-"""The GPU models' side of the python backend: their device, and tensors in and out of torch by DLPack.
+"""How a python model reads its inputs and makes its outputs: NumPy on the CPU, DLPack on the GPU.
 
-Tensors cross the stub boundary by DLPack only, host tensors included: the stub's NumPy path
-(`as_numpy`, `pb_utils.Tensor(name, ndarray)`) is compiled against NumPy 1 and reads wrong
-strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub; docs/gpu.md).
-`pb_utils` is passed in because it exists only inside the stub.
+`Requests` (requests.py) does the gathering; a `TensorIO` says how one tensor crosses the stub
+boundary. The CPU models use NumPy (the stub builds the arrays anyway); the GPU models use
+DLPack for everything (gpu_tensors.py says why), so this module stays torch-free for the CPU
+stubs, which never import torch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
-from torch.utils.dlpack import from_dlpack
 
 
-def gpu_device(pb_utils: ModuleType, args: dict, model: str) -> torch.device:
-    """The GPU Triton gave this model instance, made current; without one the load fails with the
-    reason, and Triton keeps serving every other model."""
-    if not torch.cuda.is_available():
-        raise pb_utils.TritonModelException(f"{model} needs a CUDA GPU and none is visible to torch")
-    device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
-    torch.cuda.set_device(device)
-    return device
+class TensorIO(Protocol):
+    def read(self, pb_utils: ModuleType, request: Any, name: str) -> Any: ...  # noqa: ANN401, D102
+
+    def read_many(self, pb_utils: ModuleType, request: Any, names: Sequence[str]) -> dict[str, Any]: ...  # noqa: ANN401, D102
+
+    def tensor(self, pb_utils: ModuleType, name: str, value: Any) -> Any: ...  # noqa: ANN401, D102
 
 
-def on_device(t: Any, device: torch.device) -> torch.Tensor:  # noqa: ANN401 - pb_utils.Tensor
-    """A tensor on `device`: used in place when Triton placed it there (CUDA shared memory or an
-    upstream GPU step), uploaded once otherwise."""
-    x = from_dlpack(t.to_dlpack())
-    return x if x.device == device else x.to(device)
+class NumpyIO:
+    """Host tensors as NumPy arrays (the CPU models)."""
 
-
-def optionals(
-    pb_utils: ModuleType, request: Any, names: list[str], stream: torch.cuda.Stream | None = None,  # noqa: ANN401
-) -> dict[str, np.ndarray | None]:
-    """Several small inputs of one request on the host, with at most one device-to-host copy.
-
-    A client using CUDA shared memory (perf_analyzer does) puts the thresholds in GPU memory
-    too; copying each separately would cost a synchronisation apiece. Their bytes travel in one
-    uint8 buffer (one kernel, no casts) and each array is viewed back in its own dtype. With `stream`,
-    the copy runs and is waited for there, so it need not wait behind work already queued on
-    the current stream (the network of this very request).
-    """
-    out: dict[str, np.ndarray | None] = {}
-    on_gpu: list[tuple[str, torch.Tensor]] = []
-    for name in names:
+    def read(self, pb_utils: ModuleType, request: Any, name: str) -> np.ndarray | None:  # noqa: ANN401
         t = pb_utils.get_input_tensor_by_name(request, name)
-        if t is None:
-            out[name] = None
-            continue
-        x = from_dlpack(t.to_dlpack())
-        if x.is_cuda:
-            on_gpu.append((name, x))
-        else:
-            out[name] = x.numpy()
-    if on_gpu:
-        on_gpu.sort(key=lambda item: -item[1].element_size())  # widest first: every slice stays aligned
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            raw = torch.cat([x.reshape(-1).view(torch.uint8) for _, x in on_gpu]).cpu().numpy()
-        start = 0
-        for name, x in on_gpu:
-            dtype = _numpy_dtype(x.dtype)
-            size = x.numel() * dtype.itemsize
-            out[name] = raw[start : start + size].view(dtype).reshape(tuple(x.shape))
-            start += size
-    return out
+        return None if t is None else t.as_numpy()
 
+    def read_many(self, pb_utils: ModuleType, request: Any, names: Sequence[str]) -> dict[str, np.ndarray | None]:  # noqa: ANN401
+        return {name: self.read(pb_utils, request, name) for name in names}
 
-@functools.cache
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    """NumPy's dtype for a torch dtype, worked out once per dtype rather than once per request."""
-    return torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def output(pb_utils: ModuleType, name: str, array: np.ndarray) -> Any:  # noqa: ANN401 - pb_utils.Tensor
-    """A host output by DLPack. An empty array is re-made in torch: NumPy gives zero-size arrays
-    all-zero strides, which the stub's C-order check rejects."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    return pb_utils.Tensor.from_dlpack(name, t if array.size else torch.empty(array.shape, dtype=t.dtype))
+    def tensor(self, pb_utils: ModuleType, name: str, value: np.ndarray) -> Any:  # noqa: ANN401
+        return pb_utils.Tensor(name, value)

@@ -1,7 +1,7 @@
 """The GPU pipeline in one call: letterbox, FP16 network from CUDA graphs, decode + batched NMS.
 
 This is what the fused model `yolov8n_gpu_fused` runs in a single execute(). The steps are the
-ensemble's own functions (`torch_ops.letterbox_many`, `GraphedNetwork`, `torch_ops.postprocess_batch`);
+ensemble's own functions (`torch_letterbox.letterbox_many`, `GraphedNetwork`, `torch_decode.postprocess_batch`);
 what fusing removes is the glue between them: two Triton<->stub hops with their copies and
 synchronisations, two ensemble steps, and the FP32 network input, because images are letterboxed
 straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is mostly kernel
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo_triton.pipeline import torch_ops
+from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network
 from yolo_triton.pipeline.nms import Detections
 from yolo_triton.pipeline.postprocess import pad_batch
 
@@ -35,8 +35,9 @@ class Started:
     raw: torch.Tensor  # network output, float32; valid once the GPU gets there, until the next start
     sizes: list[int]  # images per request
     t: float  # when the network was queued (per-stage profile)
-    best: tuple[torch.Tensor, torch.Tensor] | None = None  # torch_ops.best_class(raw), when computed with it
+    best: tuple[torch.Tensor, torch.Tensor] | None = None  # torch_decode.best_class(raw), when computed with it
     finite: Callable[[], bool] | None = None  # whether raw is all finite, once the GPU got there
+    started_at: float = 0.0  # perf_counter() when start() was called (per-stage metrics)
 
 
 class GpuPipeline:
@@ -45,7 +46,7 @@ class GpuPipeline:
     def __init__(
         self, artefact: Path, imgsz: int, device: torch.device, buckets: Sequence[int], compile_net: bool = True
     ) -> None:
-        net = torch_ops.load_served_network(artefact, device, imgsz)
+        net = torch_network.load_served_network(artefact, device, imgsz)
         self.imgsz, self.device = imgsz, device
         self.times: dict[str, float] | None = None  # per-stage seconds, when profiling (benchmarks)
         self.eager_fallbacks = 0
@@ -55,23 +56,26 @@ class GpuPipeline:
             # lazy set-up coincided with replays returning NaN (H200, torch 2.11).
             frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=device)
             pixels = torch.empty((2, 3, imgsz, imgsz), dtype=torch.float16, device=device)
-            rows = torch_ops.letterbox_many([frame, frame], imgsz, pixels)
+            rows = torch_letterbox.letterbox_many([frame, frame], imgsz, pixels)
             torch.equal(pixels, pixels.clone())  # LetterboxGraphs checks each capture with these
             raw = net(pixels).float()
             noisy = torch.rand_like(raw)  # candidates for every NMS path
-            torch_ops.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
-            torch_ops.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
-            torch_ops.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
+            torch_decode.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
+            torch_decode.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
+            torch_decode.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
         self.eager = net
-        fast, self.network_note = torch_ops.compile_network(net, imgsz, compile_net)
-        self.net = torch_ops.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
+        fast, self.network_note = torch_network.compile_network(net, imgsz, compile_net)
+        self.net = torch_network.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
-        self.letterbox = torch_ops.LetterboxGraphs(imgsz, self.net.static_in)
+        self.letterbox = torch_letterbox.LetterboxGraphs(imgsz, self.net.static_in)
         # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
         # NMS synchronises anyway, and the event says when the copy has landed.
         self._finite = torch.zeros((), dtype=torch.bool, pin_memory=True)
         self._finite_ready = torch.cuda.Event()
+        # Stage boundaries on the GPU's own clock, for the per-stage metrics: recorded in the
+        # stream, read once NMS has synchronised, so timing costs no wait (see stage_seconds).
+        self._marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
         with torch.inference_mode():  # the whole path once more, graphs included
             for _ in range(2):  # the second time from a captured letterbox
                 self([frame], [[(0.25, 0.7, 300)]], [[False]])
@@ -93,21 +97,34 @@ class GpuPipeline:
         `batches` are uint8 NHWC images on this GPU, one tensor per request. The caller may do host
         work (read and check the requests' options) while the GPU runs, then call `finish`.
         """
+        t0 = time.perf_counter()
         total = sum(b.shape[0] for b in batches)
         if total > self.max_batch:  # the config's max_batch_size is the largest graph: cannot happen
             raise ValueError(f"{total} images in one execute exceed the largest CUDA graph ({self.max_batch})")
         t = time.perf_counter()
+        self._marks[0].record()
         if self.letterbox(batches):  # one shape, seen before: from its CUDA graph
             h, w = batches[0].shape[1:3]
-            rows = torch_ops.plan_rows(h, w, self.imgsz, total)
+            rows = torch_letterbox.plan_rows(h, w, self.imgsz, total)
         else:
-            rows = torch_ops.letterbox_many(batches, self.imgsz, self.net.static_in)
+            rows = torch_letterbox.letterbox_many(batches, self.imgsz, self.net.static_in)
         t = self._mark("letterbox", t)
+        self._marks[1].record()
         out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time
+        self._marks[2].record()
         self._finite.copy_(out.finite, non_blocking=True)
         self._finite_ready.record()
         sizes = [b.shape[0] for b in batches]
-        return Started(rows, out.raw, sizes, t, (out.scores, out.classes), self._replayed_finite)
+        return Started(rows, out.raw, sizes, t, (out.scores, out.classes), self._replayed_finite, t0)
+
+    def stage_seconds(self, run: Started) -> dict[str, float]:
+        """Seconds per stage (spec.STAGES) of the batch just finished: letterbox and network from
+        the GPU's events; postprocess is the rest of the wall time from start() to now, since
+        after the network only NMS stands between the batch and its answers."""
+        letterbox = self._marks[0].elapsed_time(self._marks[1]) / 1e3
+        network = self._marks[1].elapsed_time(self._marks[2]) / 1e3
+        wall = time.perf_counter() - run.started_at
+        return {"preprocess": letterbox, "network": network, "postprocess": max(0.0, wall - letterbox - network)}
 
     def _replayed_finite(self) -> bool:
         self._finite_ready.synchronize()
@@ -147,7 +164,7 @@ class GpuPipeline:
             best = None if best is None else (best[0][on_device], best[1][on_device])
         flat_limits = [x for per in limits for x in per]
         flat_multi = [x for per in multi for x in per]
-        dets: list[Detections] = torch_ops.postprocess_batch(raw, rows, flat_limits, flat_multi, best)
+        dets: list[Detections] = torch_decode.postprocess_batch(raw, rows, flat_limits, flat_multi, best)
         out, start = [], 0
         for n in sizes:
             out.append(pad_batch(dets[start : start + n]))

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from yolo_triton import spec
+from yolo_triton.repository.facts import FACTS_FILE, ModelFacts, read_facts  # noqa: F401 - re-exported
 
 _DTYPES = {
     "TYPE_BOOL": mc.TYPE_BOOL,
@@ -44,31 +44,6 @@ DETECTOR_QUEUE_DELAY_US = 2000
 # the dynamic batcher forms under moderate load (max is spec.MAX_BATCH, min 1).
 TRT_OPT_BATCH = 8
 ORT_TRT_CACHE_DIR = "/tmp/yolo_triton_trt_cache"  # inside the serving container; ORT creates the last level
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the checkpoint says about itself; recorded next to the artefacts."""
-
-    imgsz: int
-    names: tuple[str, ...]
-    source: str
-
-    @property
-    def num_outputs(self) -> int:
-        return 4 + len(self.names)
-
-    @property
-    def num_anchors(self) -> int:
-        return sum((self.imgsz // s) ** 2 for s in (8, 16, 32))
-
-    def to_json(self) -> str:
-        return json.dumps({"imgsz": self.imgsz, "names": list(self.names), "source": self.source}, indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> ModelFacts:
-        d = json.loads(text)
-        return ModelFacts(int(d["imgsz"]), tuple(d["names"]), str(d.get("source", "")))
 
 
 def _tensor(msg: mc.ModelInput | mc.ModelOutput, t: spec.TensorSpec) -> None:
@@ -112,95 +87,87 @@ def _gpu_resident(cfg: mc.ModelConfig) -> None:
     cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
 
 
-def preprocess_config(name: str, facts: ModelFacts, gpu: bool = False) -> mc.ModelConfig:
-    cfg = _base(spec.ModelSpec(name, "python", spec.PREPROCESS.inputs, spec.PREPROCESS.outputs))
-    cfg.dynamic_batching.SetInParent()
+def python_config(model: spec.ModelSpec, role: str, device: str, facts: ModelFacts,
+                  preferred: tuple[int, ...] = ()) -> mc.ModelConfig:
+    """A python model of this package: its `role` and `device` pick the stage objects it runs
+    (yolo_triton.backend.roles); dynamic batching without delay (take what is queued)."""
+    cfg = _base(model)
+    db = cfg.dynamic_batching
+    db.SetInParent()
+    if preferred:  # CUDA-graph sizes: a batch padded up to one of them costs what it costs anyway
+        db.preferred_batch_size.extend(preferred)
+        db.max_queue_delay_microseconds = 0
+    gpu = device == "gpu"
     _instances(cfg, gpu)
     _facts_params(cfg, facts)
+    cfg.parameters["role"].string_value = role
+    cfg.parameters["device"].string_value = device
     if gpu:
         _gpu_resident(cfg)
     return cfg
 
 
-def postprocess_config(name: str, facts: ModelFacts, gpu: bool = False) -> mc.ModelConfig:
-    cfg = _base(spec.ModelSpec(name, "python", spec.POSTPROCESS.inputs, spec.POSTPROCESS.outputs))
-    cfg.dynamic_batching.SetInParent()
-    _instances(cfg, gpu)
-    _facts_params(cfg, facts)
-    if gpu:
-        _gpu_resident(cfg)
-    return cfg
+def _graph_sizes(runtime: spec.Runtime) -> tuple[int, ...]:
+    sizes = runtime.params.get("cuda_graph_batches", "")
+    return tuple(int(b) for b in sizes.split(",") if b)
+
+
+def _artefact(cfg: mc.ModelConfig, runtime: spec.Runtime) -> None:
+    """Where a python model finds the network: its runtime's detector folder (no copy of its own)."""
+    cfg.parameters["artefact_model"].string_value = runtime.detector
+    cfg.parameters["artefact"].string_value = runtime.artefact
+    for key, value in runtime.params.items():
+        cfg.parameters[key].string_value = value
 
 
 def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
+    r = v.runtime
     model = spec.detector_spec(v, facts.imgsz, facts.num_outputs, facts.num_anchors)
-    if v.backend == "tensorrt":
+    if r.in_python:
+        cfg = python_config(model, "network", r.device, facts, _graph_sizes(r))
+        _artefact(cfg, r)
+        return cfg
+    if r.backend == "tensorrt":
         model = spec.ModelSpec(model.name, "", model.inputs, model.outputs, platform="tensorrt_plan")
     cfg = _base(model)
-    db = cfg.dynamic_batching
-    if v.backend != "python":  # native GPU backends gain from full batches: wait briefly for them
-        db.preferred_batch_size.extend(b for b in (4, 8, 16, 32) if b <= spec.MAX_BATCH)
-        db.max_queue_delay_microseconds = DETECTOR_QUEUE_DELAY_US
-    gpu = "gpu" in v.needs
-    _instances(cfg, gpu)
-    if v.backend == "onnxruntime":
-        cfg.default_model_filename = v.artefact
+    db = cfg.dynamic_batching  # native GPU backends gain from full batches: wait briefly for them
+    db.preferred_batch_size.extend(b for b in (4, 8, 16, 32) if b <= spec.MAX_BATCH)
+    db.max_queue_delay_microseconds = DETECTOR_QUEUE_DELAY_US
+    _instances(cfg, r.device == "gpu")
+    # tensorrt: plans are per GPU model and TensorRT version; yolo_triton.repository.tensorrt maps
+    # each compute capability to its plan in cc_model_filenames. The default names a file never
+    # written, so a GPU without a plan of its own fails to load instead of running another GPU's plan.
+    cfg.default_model_filename = r.artefact
+    if r.backend == "onnxruntime":
         # Threads: all cores for one batch; one instance (see module docstring).
         cfg.parameters["intra_op_thread_count"].string_value = "0"
         cfg.parameters["enable_mem_arena"].string_value = "1"
-        if v.key == "onnx_trt":
-            # ONNX Runtime builds the TensorRT engine itself, at load. An explicit profile makes that
-            # one engine for batch 1..max instead of a rebuild whenever a larger batch arrives, and
-            # the engine cache lets a restart reuse it. An unknown key fails the load: every key here
-            # is one the onnxruntime backend of the 24.10 container accepts (docs/ngc.md).
-            pixels = model.inputs[0]
-            acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-            acc.parameters["precision_mode"] = "FP16"
-            acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
-            acc.parameters["trt_engine_cache_enable"] = "1"
-            acc.parameters["trt_engine_cache_path"] = ORT_TRT_CACHE_DIR
-            for key, batch in (("min", 1), ("opt", TRT_OPT_BATCH), ("max", spec.MAX_BATCH)):
-                acc.parameters[f"trt_profile_{key}_shapes"] = f"{pixels.name}:" + "x".join(
-                    str(d) for d in (batch, *pixels.dims))
-    elif v.backend == "tensorrt":
-        # Plans are per GPU model and TensorRT version: yolo_triton.tensorrt_build maps each compute
-        # capability to its plan in cc_model_filenames. The default names a file never written, so
-        # a GPU without a plan of its own fails to load instead of running another GPU's plan.
-        cfg.default_model_filename = v.artefact
-    else:
-        cfg.parameters["artefact"].string_value = v.artefact
-    if v.key == "gpu":
-        # CUDA-graph buckets are the preferred sizes, and no queue delay: on the GPU a batch of
-        # one is dispatched at once (latency), while under load requests queue up behind the
-        # running batch anyway and the next execute takes them all (throughput).
-        db.ClearField("preferred_batch_size")
-        db.preferred_batch_size.extend(int(b) for b in v.extra["cuda_graph_batches"].split(","))
-        db.max_queue_delay_microseconds = 0
-        cfg.parameters["imgsz"].string_value = str(facts.imgsz)
-        _gpu_resident(cfg)
-    for key, value in v.extra.items():
+    if r.accelerator == "tensorrt":
+        # ONNX Runtime builds the TensorRT engine itself, at load. An explicit profile makes that
+        # one engine for batch 1..max instead of a rebuild whenever a larger batch arrives, and
+        # the engine cache lets a restart reuse it. An unknown key fails the load: every key here
+        # is one the onnxruntime backend of the 24.10 container accepts (docs/ngc.md).
+        pixels = model.inputs[0]
+        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = "FP16"
+        acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        acc.parameters["trt_engine_cache_enable"] = "1"
+        acc.parameters["trt_engine_cache_path"] = ORT_TRT_CACHE_DIR
+        for key, batch in (("min", 1), ("opt", TRT_OPT_BATCH), ("max", spec.MAX_BATCH)):
+            acc.parameters[f"trt_profile_{key}_shapes"] = f"{pixels.name}:" + "x".join(
+                str(d) for d in (batch, *pixels.dims))
+    for key, value in r.params.items():
         cfg.parameters[key].string_value = value
-    if v.backend in ("onnxruntime", "tensorrt"):
-        _warmup(cfg, model.inputs[0])
+    _warmup(cfg, model.inputs[0])
     return cfg
 
 
 def fused_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
     """A fused variant's pipeline: one python model with the ensemble's interface (spec.Variant.pipeline)."""
-    gpu = "gpu" in v.needs
-    cfg = _base(spec.ModelSpec(v.pipeline, "python", spec.ENSEMBLE_INPUTS, spec.ENSEMBLE_OUTPUTS))
-    db = cfg.dynamic_batching
-    db.max_queue_delay_microseconds = 0  # take what is queued: see the module docstring
-    if gpu:
-        db.preferred_batch_size.extend(int(b) for b in v.extra["cuda_graph_batches"].split(","))
-        _gpu_resident(cfg)
-    _instances(cfg, gpu)
-    _facts_params(cfg, facts)
+    model = spec.ModelSpec(v.pipeline, "python", spec.ENSEMBLE_INPUTS, spec.ENSEMBLE_OUTPUTS)
+    cfg = python_config(model, "pipeline", v.device, facts, _graph_sizes(v.runtime))
     cfg.parameters["variant"].string_value = v.key
-    cfg.parameters["artefact_model"].string_value = v.detector  # loads that folder's artefact, no copy
-    cfg.parameters["artefact"].string_value = v.artefact
-    for key, value in v.extra.items():
-        cfg.parameters[key].string_value = value
+    _artefact(cfg, v.runtime)
     return cfg
 
 
@@ -261,20 +228,20 @@ _WHY = {
 
 def render(cfg: mc.ModelConfig) -> str:
     """pbtxt with a header saying where it came from and why its batching is set as it is."""
+    role = cfg.parameters["role"].string_value if "role" in cfg.parameters else ""
+    gpu = any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group)
     if cfg.platform == "ensemble":
         why = _WHY["ensemble"]
-    elif "artefact_model" in cfg.parameters:
+    elif role == "pipeline":
         why = _WHY["fused"]
-    elif cfg.name.startswith(("preprocess", "postprocess")):
+    elif role in ("preprocess", "postprocess"):
         why = _WHY["python_step"]
-    elif cfg.backend == "onnxruntime" or cfg.platform == "tensorrt_plan":
-        why = _WHY["native_detector"]
-    elif any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group):
-        why = _WHY["gpu_detector"]
+    elif role == "network":
+        why = _WHY["gpu_detector" if gpu else "detector"]
     else:
-        why = _WHY["detector"]
+        why = _WHY["native_detector"]
     header = (
-        "# Generated by `make build-engines` (yolo_triton/repository.py from yolo_triton/spec.py); do not edit.\n"
+        "# Generated by `make build-engines` (yolo_triton.repository.configs from yolo_triton.spec); do not edit.\n"
         f"# Batching: {why}.\n"
     )
     return header + text_format.MessageToString(cfg)
@@ -287,39 +254,43 @@ def parse(text: str) -> mc.ModelConfig:
 def all_configs(facts: ModelFacts) -> dict[str, mc.ModelConfig]:
     """Every model directory's config, keyed by model name (the alias is added at serve time)."""
     out: dict[str, mc.ModelConfig] = {}
-    for gpu, pre, post in ((False, "preprocess", "postprocess"), (True, "preprocess_gpu", "postprocess_gpu")):
-        out[pre] = preprocess_config(pre, facts, gpu)
-        out[post] = postprocess_config(post, facts, gpu)
     for v in spec.VARIANTS:
         if v.fused:
             out[v.pipeline] = fused_config(v, facts)
         else:
+            steps = v.steps_device
+            out[v.preprocess] = python_config(spec.PREPROCESS.renamed(v.preprocess), "preprocess", steps, facts)
             out[v.detector] = detector_config(v, facts)
+            out[v.postprocess] = python_config(spec.POSTPROCESS.renamed(v.postprocess), "postprocess", steps, facts)
         out[v.ensemble] = ensemble_config(v.ensemble, v, facts)
     return out
 
 
+MODEL_PY = '''"""Triton python model `{name}` ({role} on the {device}); generated by `make build-engines`.
+
+The code is the installed package's: yolo_triton.backend.model reads this model's config (its
+`role` and `device` parameters) and runs those stage objects. The server's Python must have the
+package installed (`pip install yolo-triton[serve]`; the project's .venv has it).
+"""
+
+from yolo_triton.backend.model import TritonPythonModel  # noqa: F401
+'''
+
+
 def write(root: Path, facts: ModelFacts) -> None:
-    """Write every config and the facts file; version folders are created for all models."""
+    """Write every config, each python model's model.py, and the facts file."""
     root.mkdir(parents=True, exist_ok=True)
     for name, cfg in all_configs(facts).items():
         d = root / name
         (d / "1").mkdir(parents=True, exist_ok=True)
         _atomic_write(d / "config.pbtxt", render(cfg))
+        if cfg.backend == "python":
+            role, device = cfg.parameters["role"].string_value, cfg.parameters["device"].string_value
+            model_py = d / "1" / "model.py"
+            if model_py.is_symlink():  # repositories built before model.py was generated
+                model_py.unlink()
+            _atomic_write(model_py, MODEL_PY.format(name=name, role=role, device=device.upper()))
     _atomic_write(root / FACTS_FILE, facts.to_json())
-    _link_sources(root)
-
-
-def _link_sources(root: Path) -> None:
-    """A repository built elsewhere (tests, benchmarks) runs the project's python models."""
-    if root.resolve() == SOURCE_REPO.resolve():
-        return
-    for src in SOURCE_REPO.glob("*/1/model.py"):
-        dst = root / src.parent.parent.name / "1" / "model.py"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.is_symlink():
-            dst.unlink(missing_ok=True)
-            dst.symlink_to(src)
 
 
 def write_alias(root: Path, v: spec.Variant) -> None:
@@ -330,15 +301,8 @@ def write_alias(root: Path, v: spec.Variant) -> None:
     _atomic_write(root / spec.ALIAS / "config.pbtxt", render(cfg))
 
 
-def read_facts(root: Path) -> ModelFacts:
-    return ModelFacts.from_json((root / FACTS_FILE).read_text())
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
 
-
-FACTS_FILE = "artefact.json"
-SOURCE_REPO = Path(__file__).resolve().parents[1] / "model_repository"

@@ -5,7 +5,7 @@ and the loaded program is an FX graph that TorchInductor can compile before the 
 captured, which halves the network's time on an H200 (TorchScript, the previous format, cannot be
 compiled). Why exported in FP32 on the CPU: the artefact is then the same file on every machine
 and is checked against the ONNX export in CI; the models cast it to FP16 on the GPU at load
-(`torch_ops.load_network`).
+(`torch_network.load_network`).
 
 The network is exported as Ultralytics exports it (fused Conv+BN, Detect head in export mode:
 one (B, 4 + nc, anchors) tensor of xywh boxes and class scores, the ONNX model's output). The batch
@@ -71,7 +71,7 @@ def export_for_gpu(model, facts: ModelFacts, repo: Path) -> str:  # noqa: ANN001
     """Write the exported network into the repository; a one-line message for the build log."""
     import torch
 
-    from yolo_triton.pipeline.torch_ops import FACTS_EXTRA
+    from yolo_triton.pipeline.torch_network import FACTS_EXTRA
 
     dest = artefact_path(repo)
     dest.parent.mkdir(parents=True, exist_ok=True)

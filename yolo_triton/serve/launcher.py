@@ -1,42 +1,36 @@
-"""Decide what a tritonserver can load, start it guarded, and wait until it serves.
-
-    python -m yolo_triton.serve.launcher [--repo model_repository] [--host 127.0.0.1] [--grpc-port 8001] [--http] ...
+"""Decide what a tritonserver can load, start it guarded, and wait until it serves (`Server`).
 
 Only variants whose backend, device and artefact are present are loaded; the rest are named
 with the reason. `yolov8n` is pointed at the best loadable variant.
 
 What a caller can reach (docs/security.md):
 - gRPC on `host`: inference, health, metadata and statistics for anyone; the model-repository,
-  shared-memory, logging and trace APIs only with the per-launch admin key (yolo_triton.keys),
+  shared-memory, logging and trace APIs only with the per-launch admin key (serve.keys),
   on loopback too.
 - HTTP only when asked for (`--http`): Triton's own HTTP endpoint has no size, nesting or
   decompression limits, so it then listens on a private loopback port that answers nothing
-  without a proxy key, and nginx (yolo_triton.http_proxy) serves `host:http-port` in front.
-- Every request's tensor shapes pass the guard preloaded into tritonserver (yolo_triton/guard.c)
+  without a proxy key, and nginx (serve.http_proxy) serves `host:http-port` in front.
+- Every request's tensor shapes pass the guard preloaded into tritonserver (serve/guard.c)
   before Triton stores them: no declared shape can kill a python stub.
 
-While it runs, a watchdog reloads any python model whose stub process died (yolo_triton.watchdog).
-tritonserver runs in a session of its own, so a Ctrl-C or a signal to the launcher's process
-group reaches the launcher alone: on SIGINT/SIGTERM (and Server.stop) in-flight requests are
-drained before tritonserver is stopped (Server.drain), and the launcher exits 0.
+While it runs, a watchdog reloads any python model whose stub process died (serve.watchdog).
+Server.stop drains in-flight requests before tritonserver is stopped (Server.drain); the
+foreground command and its signals are serve/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from yolo_triton import spec
+from yolo_triton.paths import DEFAULT_REPO
 from yolo_triton.repository import configs as repository
 from yolo_triton.serve import guard, keys
 from yolo_triton.serve.install import (
@@ -50,8 +44,6 @@ from yolo_triton.serve.install import (
 from yolo_triton.serve.keys import API_KEY_HEADER, key_headers
 from yolo_triton.serve.watchdog import StubWatchdog
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REPO = ROOT / "model_repository"
 PY_SHM_BYTES = 64 * 1024 * 1024  # python-backend shared-memory pool per model; grows by as much
 # What a caller without the admin key may not touch: loading models (the load API accepts model
 # files: code execution), shared memory (the server reads and writes host memory by name), and
@@ -92,7 +84,7 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
             for m in v.models:
                 if m not in plan.load:
                     plan.load.append(m)
-            if plan.alias is None or v.rank > plan.alias.rank:
+            if plan.alias is None or spec.FASTEST_FIRST.index(v.key) < spec.FASTEST_FIRST.index(plan.alias.key):
                 plan.alias = v
     if plan.alias is None:
         raise LaunchError("no variant can be served here: " + "; ".join(f"{k}: {r}" for k, r in plan.skipped.items()))
@@ -386,107 +378,3 @@ def running(url: str | None = None, repo: Path = DEFAULT_REPO, log: Path | None 
         return
     with Server(repo, log=log, only=only) as server:
         yield server
-
-
-def _own_terminal() -> Callable[[], None]:
-    """Make this process the terminal's foreground group; returns what gives the terminal back.
-
-    Under `make serve`, Ctrl-C would reach make as well, and make exits with an error once its
-    child is done, however cleanly the child drained. As the foreground group of its own, the
-    launcher alone gets the Ctrl-C, drains, and exits 0, and so does make."""
-    try:
-        fd = sys.stdin.fileno()
-        if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp() or os.getpgrp() == os.getpid():
-            return lambda: None
-    except (OSError, ValueError):
-        return lambda: None
-    old = os.getpgrp()
-    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may not set the terminal
-    try:
-        os.setpgid(0, 0)
-        os.tcsetpgrp(fd, os.getpgrp())
-    except OSError:
-        signal.signal(signal.SIGTTOU, previous)
-        return lambda: None
-
-    def give_back() -> None:
-        with contextlib.suppress(OSError):
-            os.tcsetpgrp(fd, old)
-
-    return give_back
-
-
-def main(argv: list[str] | None = None) -> int:
-    env = os.environ
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO)
-    ap.add_argument("--host", default=env.get("HOST", "127.0.0.1"))
-    ap.add_argument("--grpc-port", type=int, default=int(env.get("GRPC_PORT", 8001)))
-    ap.add_argument("--http-port", type=int, default=int(env.get("HTTP_PORT", 8000)))
-    ap.add_argument("--metrics-port", type=int, default=int(env.get("METRICS_PORT", 8002)))
-    ap.add_argument("--http", action="store_true", default=env.get("HTTP", "") not in ("", "0"),
-                    help="also serve HTTP on --http-port, behind nginx with request limits (HTTP=1)")
-    ap.add_argument("--variants", default=env.get("VARIANTS", ""), help="comma-separated variant keys to load")
-    args = ap.parse_args(argv)
-    only = [v for v in args.variants.split(",") if v] or None
-    try:
-        server = Server(args.repo, Ports(args.grpc_port, args.http_port, args.metrics_port), args.host, only,
-                        env.get("TRITON_API_KEY"), http=args.http, die_with_parent=True)
-    except LaunchError as e:
-        print(f"serve: {e}", file=sys.stderr)
-        return 2
-    print(server.describe(), flush=True)
-    give_back = _own_terminal()
-    ready, stopping, done = threading.Event(), threading.Event(), threading.Event()
-    drained: list[bool] = []
-
-    def shutdown() -> None:
-        if server.watchdog is not None:
-            server.watchdog.stop()
-        if server.proxy is not None:
-            server.proxy.stop()
-        drained.append(server.drain())
-        print(f"serve: {'in-flight requests done' if drained[0] else 'drain timed out'}; stopping tritonserver",
-              file=sys.stderr, flush=True)
-        if server.proc is not None:
-            server.proc.send_signal(signal.SIGTERM)
-        done.set()
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        if stopping.is_set() or not ready.is_set():
-            stopping.set()
-            if server.proc is not None:
-                server.proc.send_signal(signal.SIGTERM)  # a second signal, or nothing served yet: stop now
-            return
-        stopping.set()
-        threading.Thread(target=shutdown, name="drain", daemon=True).start()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    try:
-        proc = server.spawn()
-        server.wait_ready(300)
-        server.start_front()
-    except LaunchError as e:
-        print(f"serve: {e}", file=sys.stderr)
-        server.stop()
-        give_back()
-        return 1
-    server.start_watchdog()
-    ready.set()
-    front = f", http {server.http_url} (nginx)" if server.http else ""
-    print(f"ready on grpc {server.url}{front}, metrics {args.host}:{args.metrics_port}: "
-          + ", ".join(server.plan.load), flush=True)
-    code = proc.wait()
-    done.wait(5)
-    keys.forget(server.ports.grpc)
-    give_back()
-    if stopping.is_set():
-        # Stopped on purpose: a clean drain and a clean exit are success, whatever Triton's own code.
-        print("serve: stopped", file=sys.stderr, flush=True)
-        return 0 if (drained and drained[0] and code in (0, -signal.SIGTERM)) else 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The architecture holds: a self-contained model repository, one console command, per-stage
+metrics from every python model, and a package of small modules."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, sample_images
+
+from yolo_triton import spec
+from yolo_triton.backend import metrics as stage_metrics
+from yolo_triton.client.detector import DetectorClient
+from yolo_triton.serve.launcher import Server
+
+
+def scrape(server: Server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=30) as r:
+        return r.read().decode()
+
+
+def values(text: str, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """metric -> {sorted label pairs: value} from Prometheus text."""
+    out = {}
+    for m in re.finditer(rf"^{metric}\{{([^}}]*)\}} ([0-9.e+-]+)$", text, re.M):
+        labels = tuple(sorted(tuple(kv.split("=", 1)) for kv in m.group(1).split(",")))
+        out[tuple((k, v.strip('"')) for k, v in labels)] = float(m.group(2))
+    return out
+
+
+def stage_times(server: Server, model: str) -> dict[str, float]:
+    got = values(scrape(server), spec.STAGE_DURATION_METRIC)
+    return {dict(k)["stage"]: v for k, v in got.items() if dict(k)["model"] == model}
+
+
+def counts(server: Server, metric: str, model: str) -> float:
+    return values(scrape(server), metric).get((("model", model),), 0.0)
+
+
+def send_for(url: str, model: str, seconds: float) -> int:
+    """Requests for at least `seconds` (metrics are flushed at most once a second)."""
+    image = next(iter(sample_images().values()))
+    n, deadline = 0, time.monotonic() + seconds
+    with DetectorClient(url, model=model, timeout_s=60) as c:
+        while time.monotonic() < deadline or n < 2:
+            c.detect(image)
+            n += 1
+    return n
+
+
+def test_every_python_model_publishes_its_stage_times_and_they_grow(server):
+    """yolov8n is the fused pipeline on this server: its three stages come from inside the model.
+    The staged ensemble's python steps report theirs the same way."""
+    fused = spec.variant("ort_fused")
+    staged = spec.variant("ort")
+    assert server.plan.alias == fused
+    send_for(server.url, spec.ALIAS, stage_metrics.FLUSH_S * 1.5)
+    send_for(server.url, staged.ensemble, stage_metrics.FLUSH_S * 1.5)
+    before = stage_times(server, fused.pipeline)
+    assert set(spec.STAGES) <= set(before), before
+    assert all(before[s] > 0 for s in spec.STAGES), before
+    executions = counts(server, spec.STAGE_EXECUTIONS_METRIC, fused.pipeline)
+    images = counts(server, spec.STAGE_IMAGES_METRIC, fused.pipeline)
+    assert executions >= 2 and images >= executions
+    for model, stage in staged.stages.items():
+        assert stage_times(server, model).get(stage, 0) > 0, (model, stage)
+    sent = send_for(server.url, spec.ALIAS, stage_metrics.FLUSH_S * 2.5)
+    after = stage_times(server, fused.pipeline)
+    assert all(after[s] > before[s] for s in spec.STAGES), (before, after)
+    assert counts(server, spec.STAGE_EXECUTIONS_METRIC, fused.pipeline) > executions
+    assert counts(server, spec.STAGE_IMAGES_METRIC, fused.pipeline) > images and sent > 0
+    network_share = (after["network"] - before["network"]) / sum(after[s] - before[s] for s in spec.STAGES)
+    assert 0.2 < network_share < 1.0, network_share  # the network is most of a CPU request
+    # What reporting costs is reported too: a few flushes a second, each a handful of updates.
+    report = after.get(stage_metrics.REPORT, 0.0)
+    total = sum(after[s] for s in spec.STAGES)
+    print(f"stage us {after}; reporting {report:.0f} us = {100 * report / total:.3f}% of the stages' time")
+    assert report < 0.02 * total
+
+
+def test_a_copy_of_the_built_repository_serves_from_another_folder(repo, tmp_path):
+    """No model imports the source tree by path: the repository alone, copied elsewhere, served by a
+    tritonserver started from another working directory, answers as the original."""
+    copy = tmp_path / "elsewhere" / "models"
+    shutil.copytree(repo, copy, symlinks=False, ignore=shutil.ignore_patterns("yolov8n"))
+    for model_py in copy.glob("*/1/model.py"):
+        assert "sys.path" not in model_py.read_text() and not model_py.is_symlink()
+    image = next(iter(sample_images().values()))
+    with Server(repo, only=["ort_fused"]) as a, DetectorClient(a.url, timeout_s=60) as c:
+        want = c.detect(image).detections
+    here = Path.cwd()
+    try:
+        import os
+
+        os.chdir(tmp_path)
+        with Server(copy, only=["ort_fused"], log=tmp_path / "ts.log") as b, DetectorClient(b.url, timeout_s=60) as c:
+            got = c.detect(image).detections
+    finally:
+        os.chdir(here)
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+    assert len(got.scores) > 0
+
+
+def test_the_console_command_lists_its_subcommands():
+    exe = Path(sys.executable).with_name("yolo-triton")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for name in ("detect", "serve", "build", "perf", "bench-cpu", "bench-gpu", "eval", "demo", "locust", "report"):
+        assert re.search(rf"^  {re.escape(name)}\s", out.stdout, re.M), name
+    bad = subprocess.run([str(exe), "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "yolo_triton").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_are_small(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= 420, f"{path.relative_to(ROOT)} has {lines} lines: split it by concern"
+
+
+def test_nothing_inserts_the_source_tree_into_sys_path():
+    offenders = [p for p in (ROOT / "yolo_triton").rglob("*.py") if "sys.path.insert" in p.read_text()]
+    assert not offenders, offenders

@@ -1,0 +1,191 @@
+"""The GPU roles: the same adapters as roles.py, over the torch stage objects.
+
+Tensors cross the stub boundary by DLPack (gpu_tensors.py): images already in GPU memory (CUDA
+shared memory, or an upstream GPU step) are used in place, host ones uploaded once. On a machine
+without a usable GPU, construction raises with the reason: Triton marks the model unavailable
+and keeps serving everything else.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from yolo_triton import spec
+from yolo_triton.backend import gpu_tensors
+from yolo_triton.backend.args import ModelArgs
+from yolo_triton.backend.metrics import Stopwatch
+from yolo_triton.backend.requests import Requests
+from yolo_triton.backend.roles import images_and_options, postprocess_inputs, split
+from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network
+from yolo_triton.pipeline.gpu import GpuPipeline
+from yolo_triton.pipeline.postprocess import pad_batch
+from yolo_triton.pipeline.validation import check_image_shape
+
+
+class _GpuRole:
+    """What every GPU role shares: its device, made current, and DLPack I/O."""
+
+    def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
+        self.device = gpu_tensors.gpu_device(pb_utils, margs.device_id, margs.name)
+        self.io = gpu_tensors.TorchIO()
+        self.pb = pb_utils
+
+    def image(self, batch: Requests, request: Any) -> torch.Tensor:  # noqa: ANN401
+        """IMAGE of one request on this GPU, its shape checked before it is touched."""
+        t = self.pb.get_input_tensor_by_name(request, spec.IMAGE.name)
+        check_image_shape(t.shape())
+        return gpu_tensors.on_device(t, self.device)
+
+    @staticmethod
+    def synchronized(batch: Requests, results: list, outputs: tuple, device: torch.device) -> None:
+        """Outputs complete before Triton reads them."""
+        torch.cuda.current_stream(device).synchronize()
+        batch.answer(results, outputs)
+
+
+class Preprocess(_GpuRole):
+    """Staged step 1 on the GPU: letterbox in torch, one pass for consecutive requests of one size."""
+
+    stages = ("preprocess",)
+
+    def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
+        super().__init__(margs, pb_utils)
+        self.size = margs.imgsz
+        with torch.inference_mode():  # first-call CUDA kernel loading happens here, not in a request
+            frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=self.device)
+            torch_letterbox.letterbox_batch(frame, self.size)
+        torch.cuda.synchronize(self.device)
+
+    def execute(self, batch: Requests, watch: Stopwatch) -> int:
+        with torch.inference_mode():
+            images = batch.each(lambda r: self.image(batch, r))
+            if not images:
+                return 0
+            sizes = [b.shape[0] for b in images]
+            with watch("preprocess"):
+                pixels = torch.empty((sum(sizes), 3, self.size, self.size), dtype=torch.float32, device=self.device)
+                # LETTERBOX leaves by DLPack too, on the GPU like `images`, in one small upload.
+                rows = torch.from_numpy(torch_letterbox.letterbox_many(images, self.size, pixels)).to(self.device)
+            results = [(p[0], r[0]) for p, r in zip(split(pixels, sizes), split(rows, sizes))]
+            self.synchronized(batch, results, spec.PREPROCESS.outputs, self.device)
+        return sum(sizes)
+
+
+class TorchNetwork(_GpuRole):
+    """Staged step 2 on the GPU: the exported network in FP16, compiled by TorchInductor (unless the
+    config's `torch_compile` is 0) and replayed from one CUDA graph per batch bucket, so neither
+    the first request nor any later one pays for compilation, capture or ~200 kernel launches."""
+
+    stages = ("network",)
+
+    def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
+        super().__init__(margs, pb_utils)
+        try:
+            net = torch_network.load_served_network(margs.existing_artefact(), self.device, margs.imgsz)
+        except (FileNotFoundError, ValueError) as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        buckets = torch_network.graph_buckets(margs.params.get("cuda_graph_batches", ""), margs.max_batch)
+        fast, note = torch_network.compile_network(net, margs.imgsz, margs.enabled("torch_compile"))
+        self.net = torch_network.GraphedNetwork(fast, margs.imgsz, self.device, torch.float16, buckets)
+        pb_utils.Logger.log_info(f"{margs.name}: {note}")
+
+    def execute(self, batch: Requests, watch: Stopwatch) -> int:
+        with torch.inference_mode():
+            xs = batch.each(lambda r: gpu_tensors.on_device(self.pb.get_input_tensor_by_name(r, spec.PIXELS.name),
+                                                            self.device))
+            if not xs:
+                return 0
+            x = xs[0] if len(xs) == 1 else torch.cat(xs)
+            largest = self.net.buckets[-1]
+            with watch("network"):  # a view into the graph's output is copied out (and cast) before the next replay
+                chunks = [self.net(x[i : i + largest]).to(torch.float32, copy=True)
+                          for i in range(0, x.shape[0], largest)]
+                raw = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+            self.synchronized(batch, split(raw, [t.shape[0] for t in xs]), (spec.RAW,), self.device)
+        return x.shape[0]
+
+
+class Postprocess(_GpuRole):
+    """Staged step 3 on the GPU: decode and batched NMS for every image of the execute() in one pass;
+    only the kept boxes come to the host."""
+
+    stages = ("postprocess",)
+
+    def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
+        super().__init__(margs, pb_utils)
+        with torch.inference_mode():  # load torchvision's NMS kernel now, not in the first request
+            raw = torch.rand((2, 6, 64), device=self.device)
+            for conf, iou, max_det in (((0.0, 0.1), (0.5, 0.6), (10, 20)), ((0.0,), (0.5,), (10,))):
+                torch_decode.decode_batch(raw[: len(conf)], conf, iou, max_det).to_numpy(len(conf))
+
+    def execute(self, batch: Requests, watch: Stopwatch) -> int:
+        items = batch.each(postprocess_inputs(batch))
+        if not items:
+            return 0
+        with torch.inference_mode(), watch("postprocess"):
+            raw = torch.cat([r.to(self.device) for r, *_ in items])
+            lb = torch.cat([lb.to(self.device) for _, lb, *_ in items]).cpu().numpy()  # LETTERBOX: 24 bytes an image
+            limits = [x for _, _, lim, _ in items for x in lim]
+            multi = [x for *_, ml in items for x in ml]
+            dets = torch_decode.postprocess_batch(raw, lb, limits, multi)
+        sizes = [r.shape[0] for r, *_ in items]
+        batch.answer([pad_batch(d) for (d,) in split(dets, sizes)], spec.ENSEMBLE_OUTPUTS)
+        return sum(sizes)
+
+
+class GpuPipelineRole(_GpuRole):
+    """The fused GPU model, run by `pipeline.gpu.GpuPipeline`: images are letterboxed straight into
+    the CUDA graph's FP16 input, the network replays, one batched NMS runs for every image; the
+    requests' options are read and checked while the GPU runs the network."""
+
+    stages = spec.STAGES
+
+    def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
+        super().__init__(margs, pb_utils)
+        buckets = torch_network.graph_buckets(margs.params.get("cuda_graph_batches", ""), margs.max_batch)
+        try:
+            self.pipeline = GpuPipeline(margs.existing_artefact(), margs.imgsz, self.device, buckets,
+                                        compile_net=margs.enabled("torch_compile"))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:  # no artefact, a wrong one, a failed graph check
+            raise pb_utils.TritonModelException(str(e)) from None
+        self.io = gpu_tensors.TorchIO(torch.cuda.Stream(self.device))  # options copied beside the network's stream
+        self.refusals = 0  # letterbox shapes whose CUDA graph was refused, logged so far
+        self.name = margs.name
+        pb_utils.Logger.log_info(f"{margs.name}: {self.pipeline.network_note}")
+
+    def execute(self, batch: Requests, watch: Stopwatch) -> int:
+        with torch.inference_mode():
+            images = batch.each(lambda r: self.image(batch, r))
+            if not images:
+                return 0
+            started = list(batch.live)
+            by_request = {id(batch.requests[i]): im for i, im in zip(started, images)}
+            # The GPU letterboxes and runs the network while the host reads and checks the options
+            # (a copy and a synchronisation when they sit in GPU memory): they are only needed for NMS.
+            run = self.pipeline.start(images)
+            self._log_refusals()
+            options = batch.each(images_and_options(batch, lambda r: by_request[id(r)]))
+            keep = [started.index(i) for i in batch.live]
+            fallbacks = self.pipeline.eager_fallbacks
+            results = self.pipeline.finish(run, [o[1] for o in options], [o[2] for o in options], keep)
+            for stage, seconds in self.pipeline.stage_seconds(run).items():
+                watch.seconds[stage] = watch.seconds.get(stage, 0.0) + seconds
+            batch.answer(results, spec.ENSEMBLE_OUTPUTS)
+            if self.pipeline.eager_fallbacks > fallbacks:
+                self.pb.Logger.log_warn(f"{self.name}: a CUDA graph replay was not finite; answered with the eager "
+                                        f"network ({self.pipeline.eager_fallbacks} times so far)")
+        return sum(images[k].shape[0] for k in keep)
+
+    def _log_refusals(self) -> None:
+        refused = list(self.pipeline.letterbox.refused.items())
+        for (n, h, w), why in refused[self.refusals :]:
+            self.pb.Logger.log_warn(f"{self.name}: {n} image(s) of {w}x{h} stay on the eager letterbox: {why}")
+        self.refusals = len(refused)
+
+
+GPU_ROLES: dict[str, type] = {
+    "preprocess": Preprocess, "network": TorchNetwork, "postprocess": Postprocess, "pipeline": GpuPipelineRole,
+}

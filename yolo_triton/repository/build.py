@@ -1,0 +1,121 @@
+"""Export a YOLOv8 checkpoint into the Triton model repository.
+
+    yolo-triton build [--weights yolov8n.pt] [--imgsz 640] [--repo model_repository] [--fallback]
+
+Writes the ONNX detector for every ONNX variant, a TensorRT plan where TensorRT is present,
+and every config.pbtxt (rendered from yolo_triton.spec for this checkpoint's input size and
+classes). Re-running with the same checkpoint and size does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from yolo_triton import spec
+from yolo_triton.paths import DEFAULT_REPO, DEMO_WEIGHTS, ROOT
+from yolo_triton.repository import configs as repository
+from yolo_triton.repository import export
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str]:
+    try:
+        return export.load(weights), weights
+    except export.WeightsUnavailable as e:
+        if not fallback:
+            raise
+        if DEMO_WEIGHTS.exists():
+            alt = str(DEMO_WEIGHTS.relative_to(ROOT))
+            print(f"build-engines: {weights} unavailable; FALLING BACK to the shipped demo checkpoint {alt} "
+                  "(3 classes: circle, rectangle, triangle)", flush=True)
+        else:
+            alt = "yolov8n.yaml"
+            print(f"build-engines: {weights} unavailable; FALLING BACK to yolov8n.yaml with seeded random "
+                  "weights: detections will be MEANINGLESS", flush=True)
+        del e
+        return export.load(alt), alt
+
+
+def _up_to_date(repo: Path, facts: repository.ModelFacts, weights: str) -> bool:
+    onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
+    try:
+        old = repository.read_facts(repo)
+    except (OSError, ValueError, KeyError):
+        return False
+    src = Path(weights)
+    fresh = not src.exists() or src.stat().st_mtime <= onnx.stat().st_mtime if onnx.exists() else False
+    return old == facts and fresh
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=export.DEFAULT_WEIGHTS,
+                    help="checkpoint (.pt; yolov8n.pt downloads where there is internet) or architecture .yaml")
+    ap.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's)")
+    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO)
+    ap.add_argument("--fallback", action="store_true",
+                    help="if the weights cannot be had, use the shipped demo checkpoint instead of failing")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the artefacts are up to date")
+    ap.add_argument("--trt-precision", choices=("fp16", "fp32", "int8"), default="fp16")
+    ap.add_argument("--calib-images", type=Path, default=None, help="images for INT8 calibration")
+    ap.add_argument("--trt-opt-batch", type=int, default=repository.TRT_OPT_BATCH,
+                    help=f"batch size TensorRT tunes for (profile 1..{spec.MAX_BATCH})")
+    ap.add_argument("--trt-workspace", type=int, default=4096, help="TensorRT builder workspace, MiB")
+    ap.add_argument("--trt-builder", choices=("auto", "python", "trtexec"), default="auto",
+                    help="TensorRT Python API or trtexec (auto: the Python API when it imports)")
+    args = ap.parse_args(argv)
+
+    try:
+        model, used = _load_with_fallback(args.weights, args.fallback)
+        facts = export.facts_of(model, used, args.imgsz)
+    except (export.WeightsUnavailable, ValueError) as e:
+        print(f"build-engines: {e}", file=sys.stderr)
+        return 2
+
+    repo: Path = args.repo
+    if not args.force and _up_to_date(repo, facts, used):
+        print(f"build-engines: up to date ({used}, imgsz {facts.imgsz}, {len(facts.names)} classes)")
+        repository.write(repo, facts)
+        # A repository exported elsewhere still needs this machine's TensorRT plan.
+        onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
+        print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
+        return 0
+
+    onnx = export.export_onnx(model, facts, repo / spec.variant("ort").detector / "1" / "model.onnx")
+    for v in spec.VARIANTS:
+        if v.artefact == "model.onnx" and v.detector != "detector_ort":
+            _link_or_copy(onnx, repo / v.detector / "1" / "model.onnx")
+    repository.write(repo, facts)
+    print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
+          f"{len(facts.names)} classes, dynamic batch)", flush=True)
+
+    from yolo_triton.repository import gpu_export
+
+    print(f"build-engines: {gpu_export.export_for_gpu(model, facts, repo)}", flush=True)
+    print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
+    return 0
+
+
+def _tensorrt(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace) -> str:
+    from yolo_triton.repository import tensorrt as tensorrt_build
+
+    return tensorrt_build.build_for_repository(
+        onnx, facts, repo, args.trt_precision, args.calib_images, opt_batch=args.trt_opt_batch,
+        workspace_mib=args.trt_workspace, builder=args.trt_builder, force=args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
