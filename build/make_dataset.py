@@ -5,7 +5,7 @@
     .venv/bin/python build/make_dataset.py --samples assets/samples   # only the sample images
 
 Train and val are drawn from different seeds so they never share an image; the same arguments
-always produce byte-identical files (see `yolo_triton.synth`).
+always produce byte-identical files (see `yolo_triton.data.synth`).
 """
 
 from __future__ import annotations

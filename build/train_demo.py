@@ -2,7 +2,7 @@
 
 The serving stack needs a real YOLOv8n checkpoint to serve, and none can be downloaded, so this
 script makes one: the genuine `yolov8n.yaml` architecture (its 80-class head replaced by the
-3 classes of the data YAML) trained without pretrained weights on `yolo_triton.synth` images.
+3 classes of the data YAML) trained without pretrained weights on `yolo_triton.data.synth` images.
 The result is copied to assets/demo/yolov8n-shapes.pt and its mAP on the val split is printed.
 
 The shipped checkpoint was made with exactly:

@@ -134,7 +134,7 @@ def test_rendering_is_deterministic(facts):
 
 
 def test_python_models_find_the_artefact_their_config_names(repo, facts):
-    """What each python model's initialize() reads back from Triton's args (yolo_triton.model_args):
+    """What each python model's initialize() reads back from Triton's args (yolo_triton.backend.args):
     the detector's file in its own folder, and the same file for the fused pipeline that shares it."""
     from google.protobuf import json_format
 

@@ -83,7 +83,7 @@ def test_letterbox_many_writes_each_request_in_order(dtype):
 
 
 class _Tensor:
-    """What pb_io needs of a python-backend tensor: DLPack out."""
+    """What gpu_tensors needs of a python-backend tensor: DLPack out."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x
@@ -96,13 +96,13 @@ class _Tensor:
 def test_optional_inputs_come_back_with_their_values_and_dtypes(device):
     from types import SimpleNamespace
 
-    from yolo_triton.backend import gpu_tensors as pb_io
+    from yolo_triton.backend import gpu_tensors
 
     sent = {"CONF_THRESHOLD": np.array([[0.25], [np.nan]], np.float32),
             "MAX_DETECTIONS": np.array([[7], [300]], np.int32), "MULTI_LABEL": np.array([[True], [False]])}
     request = {k: _Tensor(torch.from_numpy(v).to(device)) for k, v in sent.items()}
     pb_utils = SimpleNamespace(get_input_tensor_by_name=lambda r, name: r.get(name))
-    got = pb_io.optionals(pb_utils, request, [*sent, "IOU_THRESHOLD"])
+    got = gpu_tensors.optionals(pb_utils, request, [*sent, "IOU_THRESHOLD"])
     assert got["IOU_THRESHOLD"] is None
     for k, v in sent.items():
         assert got[k].dtype == v.dtype and got[k].shape == v.shape
@@ -701,5 +701,5 @@ def test_gpu_fused_equals_the_gpu_ensemble(server):
 def test_alias_serves_the_gpu_variant_on_a_gpu_machine(server):
     with DetectorClient(server.url) as c:
         cfg = c.client.get_model_config(spec.ALIAS, as_json=True)["config"]
-        assert cfg["parameters"]["variant"]["string_value"] in ("gpu", "trt")
+        assert cfg["parameters"]["variant"]["string_value"] in ("gpu_fused", "trt")  # spec.FASTEST_FIRST
         assert json.loads(cfg["parameters"]["names"]["string_value"])

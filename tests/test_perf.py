@@ -347,6 +347,7 @@ def test_metrics_snapshot_and_diff_give_ms_per_execution():
     assert set(before) == {"pipeline_ort", "preprocess"}  # only models that publish stage durations
     assert before["pipeline_ort"].executions == 10 and before["pipeline_ort"].images == 20
     assert "report" not in before["pipeline_ort"].stage_us  # the flushes' own cost is not a stage
+    assert before["pipeline_ort"].behind and not before["preprocess"].behind  # 12 executions, 10 published
     later = (PROMETHEUS.replace('"preprocess"} 4000', '"preprocess"} 10000')
              .replace('"network"} 200000', '"network"} 500000')
              .replace('"postprocess"} 6000', '"postprocess"} 9000')

@@ -11,19 +11,23 @@ from __future__ import annotations
 import importlib
 import sys
 
+# command, module whose main(argv) runs it, what it does
+_TABLE = """
+detect     yolo_triton.client.detect      detect objects in images, folders and videos through a running server
+serve      yolo_triton.serve.cli          run tritonserver in the foreground (Ctrl-C drains, then stops)
+build      yolo_triton.repository.build   export a checkpoint into the model repository (ONNX, GPU, TensorRT)
+demo       yolo_triton.client.demo        build, serve, detect on the samples, per-stage times
+eval       yolo_triton.client.evaluate    served mAP next to Ultralytics' validator on the same weights
+perf       yolo_triton.perf.sweep         perf_analyzer concurrency and request-rate sweeps, per stage
+locust     yolo_triton.perf.locust        Locust gRPC load test with per-stage shares
+compare    yolo_triton.perf.compare       YOLOv8n vs YOLOv5n stage by stage, and every served variant
+report     yolo_triton.perf.report        one Markdown report with plots from the latest runs
+bench-cpu  yolo_triton.perf.bench_cpu     raw ONNX Runtime vs the served CPU variants vs Ultralytics
+bench-gpu  yolo_triton.perf.bench_gpu     raw FP16 network vs the served GPU variants vs Ultralytics
+soak       yolo_triton.perf.soak          hours of load: memory, latency and errors over time
+"""
 COMMANDS: dict[str, tuple[str, str]] = {
-    "detect": ("yolo_triton.client.detect", "detect objects in images, folders and videos through a running server"),
-    "serve": ("yolo_triton.serve.cli", "run tritonserver in the foreground (Ctrl-C drains, then stops)"),
-    "build": ("yolo_triton.repository.build", "export a checkpoint into the model repository (ONNX, GPU, TensorRT)"),
-    "demo": ("yolo_triton.client.demo", "build, serve, detect on the samples, per-stage times"),
-    "eval": ("yolo_triton.client.evaluate", "served mAP next to Ultralytics' validator on the same weights"),
-    "perf": ("yolo_triton.perf.sweep", "perf_analyzer concurrency and request-rate sweeps, per stage"),
-    "locust": ("yolo_triton.perf.locust", "Locust gRPC load test with per-stage shares"),
-    "compare": ("yolo_triton.perf.compare", "YOLOv8n vs YOLOv5n stage by stage, and every served variant"),
-    "report": ("yolo_triton.perf.report", "one Markdown report with plots from the latest runs"),
-    "bench-cpu": ("yolo_triton.perf.bench_cpu", "raw ONNX Runtime vs the served CPU variants vs Ultralytics"),
-    "bench-gpu": ("yolo_triton.perf.bench_gpu", "raw FP16 network vs the served GPU variants vs Ultralytics"),
-    "soak": ("yolo_triton.perf.soak", "hours of load: memory, latency and errors over time"),
+    name: (module, what) for name, module, what in (line.split(maxsplit=2) for line in _TABLE.strip().splitlines())
 }
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from yolo_triton.client import detect
 from yolo_triton.client.detector import DetectorClient
 from yolo_triton.paths import RUNS, SAMPLES
-from yolo_triton.perf import stats
+from yolo_triton.perf import metrics, stages, tables
+from yolo_triton.perf.probe import Probe
 from yolo_triton.serve.launcher import LaunchError, Server
 
 
@@ -36,15 +37,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         print(f"demo: tritonserver ready on {server.url} ({', '.join(server.plan.load)})", flush=True)
+        v = server.plan.alias
         with DetectorClient(server.url) as client:
-            before = stats.snapshot(client.model_stats())
+            probe = Probe(client, metrics.for_grpc(server.url, server.ports.metrics), [v.ensemble])
+            probe.start()
             rc = detect.main(["--url", server.url, "--json", str(args.out / "detections.json"),
                               "--save-dir", str(args.out), *args.inputs])
-            after = stats.snapshot(client.model_stats())
-        v = server.plan.alias
-        rows = stats.diff(before, after, [v.preprocess, v.detector, v.postprocess, "yolov8n"])
+            window = probe.stop()
+        # A fused alias's stages come from its own stage metrics, a staged one's from its three models.
+        rows = stages.rows(v, window.times, window.splits, "Triton statistics")
         print(f"\nper-stage server time (mean per request, ms; yolov8n = {v.ensemble}):")
-        print(stats.table(rows))
+        print(tables.markdown_table(rows, ["stage", "composing_model", "requests", "batch", "queue_ms", "total_ms"], 3)
+              if rows else "  (no requests counted)")
         print(f"\ndemo: annotated images and detections.json in {args.out}")
         return rc
     finally:

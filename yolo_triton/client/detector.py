@@ -242,14 +242,8 @@ class DetectorClient:
             self._names = tuple(json.loads(cfg["parameters"]["names"]["string_value"]))
         return self._names
 
-    def infer(
-        self,
-        images: np.ndarray,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        multi_label: bool | None = None,
-    ) -> tuple[list[Detections], float]:
+    def infer(self, images: np.ndarray, conf: float | None = None, iou: float | None = None,
+              max_det: int | None = None, multi_label: bool | None = None) -> tuple[list[Detections], float]:
         """One request for a batch of same-size images; detections per image and latency (ms)."""
         check_images(images)
         check_thresholds(images.shape[0], conf, iou, max_det)
@@ -265,14 +259,8 @@ class DetectorClient:
         result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)
         return parse_outputs(result), (time.perf_counter() - start) * 1e3
 
-    def detect(
-        self,
-        image: np.ndarray,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        multi_label: bool | None = None,
-    ) -> Result:
+    def detect(self, image: np.ndarray, conf: float | None = None, iou: float | None = None,
+               max_det: int | None = None, multi_label: bool | None = None) -> Result:
         dets, ms = self.infer(image[None], conf, iou, max_det, multi_label)
         return Result(dets[0], ms)
 

@@ -44,7 +44,7 @@ from yolo_triton.client.detector import DetectorClient
 from yolo_triton.paths import RUNS, SAMPLES
 from yolo_triton.perf import inputs, metrics, perf_analyzer, stages, stats
 from yolo_triton.perf.gpu_baselines import pipeline_in_process, raw_network, ultralytics_predict
-from yolo_triton.perf.probe import Probe, Window, pipelines
+from yolo_triton.perf.probe import Probe, Window
 from yolo_triton.perf.runs import run_dir, shown, write_meta
 from yolo_triton.perf.target import build_repo, variant_of
 from yolo_triton.repository import configs as repository
@@ -151,7 +151,7 @@ def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: 
         metrics_url = metrics.for_grpc(server.url, server.ports.metrics)
         for model in models:
             with DetectorClient(server.url, model=model, timeout_s=120) as client:
-                probe = Probe(client, metrics_url, pipelines([model]))
+                probe = Probe(client, metrics_url, [model])
                 result = client.detect(image)  # also the last warm-up
                 check[model] = {"detections": int(len(result.detections.scores)),
                                 "first_request_ms": result.latency_ms}

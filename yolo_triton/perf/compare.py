@@ -34,7 +34,7 @@ from yolo_triton.paths import ROOT, RUNS
 from yolo_triton.perf import inputs, stages
 from yolo_triton.perf import target as tg
 from yolo_triton.perf.errors import PerfToolError
-from yolo_triton.perf.probe import Probe, pipelines
+from yolo_triton.perf.probe import Probe
 from yolo_triton.perf.runs import machine_info, run_dir, write_meta
 from yolo_triton.perf.tables import markdown_table, write_csv
 
@@ -168,7 +168,7 @@ def measure_served(url: str, metrics_url: str, model: str, samples: list[inputs.
     assert v is not None, model
     tg.warm_up(url, model, samples, warmup)
     with DetectorClient(url, model=model, timeout_s=120) as client:
-        probe = Probe(client, metrics_url, pipelines([model]))
+        probe = Probe(client, metrics_url, [model])
         probe.start()
         walls = [client.detect(s.image).latency_ms for _ in range(repeats) for s in samples]
         window = probe.stop()

@@ -24,7 +24,7 @@ from yolo_triton.client.detector import DetectorClient
 from yolo_triton.perf import inputs, locust_process, stages
 from yolo_triton.perf import target as tg
 from yolo_triton.perf.errors import PerfToolError
-from yolo_triton.perf.probe import Probe, Window, pipelines
+from yolo_triton.perf.probe import Probe, Window
 from yolo_triton.perf.runs import run_dir, write_meta
 from yolo_triton.perf.tables import aggregated, markdown_table, write_csv
 
@@ -149,7 +149,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"locust: {args.users} users (spawn {args.spawn_rate:g}/s) for {args.duration}s against {model} on "
               f"{tgt.url}", flush=True)
         with DetectorClient(tgt.url, model=model, timeout_s=120) as client:
-            probe = Probe(client, tgt.metrics_url, pipelines([variant.ensemble]))
+            probe = Probe(client, tgt.metrics_url, [variant.ensemble])
             probe.start()
             rc = locust_process.run(cmd, out / "locust.log", args.duration + STOP_TIMEOUT_S + 120, "locust")
             window = probe.stop()

@@ -6,9 +6,9 @@ what they spend in each stage (yolo_triton.spec: STAGE_DURATION_METRIC, STAGE_EX
 STAGE_IMAGES_METRIC) and Triton publishes the counters as Prometheus text on its metrics port.
 Like Triton's statistics they are cumulative, so a measurement reads them before and after and
 takes the difference (`diff`, as `stats.diff` does). The models add up their stages in the stub
-and publish the sums at most once a second, on the execute path: a window's first publication
-may carry up to a second of the executions before it. Stage time and executions move together,
-so the means per execution stay means; over a measurement of several seconds that is noise.
+and publish the sums at most once a second, on the execute path, so the last second of a run is
+published by the next execution; `behind` tells when that is still to come (yolo_triton.perf.probe
+sends one request then).
 
 A server whose models publish nothing (an older model repository, metrics off, an unreachable
 port) gives empty snapshots, and the tools fall back to what Triton's statistics alone show.
@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from yolo_triton import spec
 
 DEFAULT_PORT = 8002
+# Triton's own count of a model's executions, on the same page: exact, where ours lag it by what
+# the model has not published yet.
+TRITON_EXECUTIONS = "nv_inference_exec_count"
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?\s*$")
 _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
@@ -66,6 +69,12 @@ class Counters:
     executions: float = 0.0
     images: float = 0.0
     stage_us: dict[str, float] = field(default_factory=dict)
+    triton_executions: float = 0.0
+
+    @property
+    def behind(self) -> bool:
+        """Executions Triton counted that the model has not published yet."""
+        return self.executions < self.triton_executions
 
 
 def snapshot(text: str) -> dict[str, Counters]:
@@ -84,6 +93,8 @@ def snapshot(text: str) -> dict[str, Counters]:
             c.executions += value
         elif name == spec.STAGE_IMAGES_METRIC:
             c.images += value
+        elif name == TRITON_EXECUTIONS:
+            c.triton_executions += value
     return out
 
 

@@ -178,8 +178,8 @@ def fixed_count(requests: int) -> list[str]:
 # --- running a level ----------------------------------------------------------------------------
 
 
-class Probe(Protocol):
-    """What a level is watched with besides perf_analyzer (the server's statistics and metrics)."""
+class Observer(Protocol):
+    """What watches a level besides perf_analyzer (probe.Probe: the server's statistics and metrics)."""
 
     def start(self) -> None: ...
 
@@ -216,7 +216,7 @@ def _invoke(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int, str]:
 
 
 def measure(req: Request, load: Load, folder: Path, tag: str, first: Sequence[str], fallback: Sequence[str] | None,
-            timeout_s: float, probe: Probe | None = None, on_timeout: Callable[[], None] | None = None) -> Outcome:
+            timeout_s: float, probe: Observer | None = None, on_timeout: Callable[[], None] | None = None) -> Outcome:
     """Run one level in `folder` (CSV `<tag>.csv`, log `<tag>.log`).
 
     With `on_timeout`, a run that hangs (perf_analyzer 2.51 was seen to in request-rate mode with

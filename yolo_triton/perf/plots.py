@@ -15,8 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-COLORS = {"preprocess": "#4c72b0", "network": "#dd8452", "network queue": "#f2b880", "postprocess": "#55a868",
-          "other": "#b0b0b0", "inference": "#dd8452"}
+COLORS = {"preprocess": "#4c72b0", "network": "#dd8452", "postprocess": "#55a868", "queue": "#f2b880",
+          "preprocess queue": "#9fb6dc", "network queue": "#f2b880", "postprocess queue": "#a6d3b0",
+          "pipeline glue": "#8172b3", "pipeline": "#937860", "other": "#b0b0b0", "inference": "#dd8452"}
 
 
 def num(v: object) -> float:
@@ -76,23 +77,20 @@ def plot_vs_load(latency: list[dict], mode: str, out: Path) -> list[Path]:
 
 
 def plot_perf_stages(latency: list[dict], stages: list[dict], out: Path) -> Path | None:
-    """Where a request's time goes at each concurrency, per variant: the stages' compute, the
-    queue in front of the network (what load adds), and the rest of the client's latency."""
+    """Where a request's time goes at each concurrency, per variant: the stages' compute, their
+    queues together (what load adds; a fused model's is in front of all three stages), and the
+    rest of the client's latency."""
     rows = [r for r in latency if r["mode"] == "concurrency"]
     if not rows:
         return None
-    labels, parts = [], {k: [] for k in ("preprocess", "network", "network queue", "postprocess", "other")}
+    labels, parts = [], {k: [] for k in ("queue", "preprocess", "network", "postprocess", "other")}
     for r in rows:
         mine = {s["stage"]: s for s in stages if s["model"] == r["model"] and s["mode"] == "concurrency"
                 and num(s["load"]) == num(r["load"])}
         labels.append(f"{r['model']}\nc={num(r['load']):g}")
-        net = mine.get("network", {})
-        values = {
-            "preprocess": num(mine.get("preprocess", {}).get("total_ms")),
-            "network": num(net.get("total_ms")) - num(net.get("queue_ms")),
-            "network queue": num(net.get("queue_ms")),
-            "postprocess": num(mine.get("postprocess", {}).get("total_ms")),
-        }
+        values = {k: num(mine.get(k, {}).get("total_ms")) - num(mine.get(k, {}).get("queue_ms"))
+                  for k in ("preprocess", "network", "postprocess")}
+        values["queue"] = sum(num(mine.get(k, {}).get("queue_ms")) for k in ("preprocess", "network", "postprocess"))
         values["other"] = max(num(r["avg_ms"]) - sum(values.values()), 0.0)
         for k, v in values.items():
             parts[k].append(v)
@@ -121,16 +119,16 @@ def plot_compare_stages(rows: list[dict], out: Path) -> Path | None:
 
 
 def plot_locust_shares(stages: list[dict], out: Path) -> Path | None:
-    """Each stage's share of the client's mean latency under load; the queue in front of the
-    network (waiting for a free instance) is shown apart from its compute, since that is what load adds."""
+    """Each stage's share of the client's mean latency under load; a stage's queue (waiting for a
+    free instance) is shown apart from its compute, since that is what load adds."""
     parts: list[tuple[str, float]] = []
     for s in stages:
         total, share = num(s.get("total_ms")), num(s.get("share_of_client_pct"))
         if s.get("stage") == "client mean latency" or total <= 0:
             continue
-        if s.get("stage") == "network" and num(s.get("queue_ms")) > 0:
+        if num(s.get("queue_ms")) > 0:
             queue = share * num(s["queue_ms"]) / total
-            parts += [("network", share - queue), ("network queue", queue)]
+            parts += [(str(s["stage"]), share - queue), (f"{s['stage']} queue", queue)]
         else:
             parts.append((str(s["stage"]), share))
     if not parts:

@@ -47,16 +47,18 @@ def _time_goes(stages: list[dict], r: dict) -> str:
     st = {s["stage"]: s for s in stages if s["model"] == r["model"] and s["mode"] == "concurrency"
           and num(s["load"]) == num(r["load"])}
     total = num(r["avg_ms"]) or 1.0
-    net = st.get("network")
-    if net is None:
+    if "network" not in st:
         return f"at concurrency {num(r['load']):g}: one fused model, no stage metrics, of {total:.0f} ms"
 
-    def pct(ms: object) -> str:
-        return f"{100 * num(ms) / total:.0f}%"
+    def pct(ms: float) -> str:
+        return f"{100 * ms / total:.0f}%"
 
-    return (f"at concurrency {num(r['load']):g}: network compute {pct(num(net['total_ms']) - num(net['queue_ms']))}, "
-            f"network queue {pct(net['queue_ms'])}, preprocess {pct(st.get('preprocess', {}).get('total_ms'))}, "
-            f"postprocess {pct(st.get('postprocess', {}).get('total_ms'))} of {total:.0f} ms")
+    compute = {k: num(st[k]["total_ms"]) - num(st[k]["queue_ms"]) for k in ("preprocess", "network", "postprocess")
+               if k in st}
+    queue = sum(num(s["queue_ms"]) for s in st.values())
+    return (f"at concurrency {num(r['load']):g}: network compute {pct(compute['network'])}, queues {pct(queue)}, "
+            f"preprocess {pct(compute.get('preprocess', 0.0))}, postprocess {pct(compute.get('postprocess', 0.0))} "
+            f"of {total:.0f} ms")
 
 
 def _glance_perf(perf: Path) -> list[str]:

@@ -26,7 +26,7 @@ from yolo_triton import spec
 from yolo_triton.client.detector import DetectorClient
 from yolo_triton.perf import inputs, perf_analyzer, stages
 from yolo_triton.perf import target as tg
-from yolo_triton.perf.probe import Probe, Window, pipelines
+from yolo_triton.perf.probe import Probe, Window
 from yolo_triton.perf.runs import run_dir, write_meta
 from yolo_triton.perf.sweep_summary import LATENCY_COLUMNS, STAGE_COLUMNS, summary
 from yolo_triton.perf.tables import write_csv
@@ -131,7 +131,7 @@ class Runner:
             print(f"perf: {model}, {level.label}: perf_analyzer timed out after {s.timeout_s:.0f} s; "
                   "measuring once more", flush=True)
 
-        probe = Probe(self.stats_client, self.metrics_url, pipelines([variant.ensemble] if variant else []))
+        probe = Probe(self.stats_client, self.metrics_url, [variant.ensemble] if variant else [])
         out = perf_analyzer.measure(req, run, self.raw, tag, first, fallback, s.timeout_s, probe, timed_out)
         level.commands = out.commands
         self.commands += out.commands

@@ -121,6 +121,7 @@ class GpuPipeline:
         """Seconds per stage (spec.STAGES) of the batch just finished: letterbox and network from
         the GPU's events; postprocess is the rest of the wall time from start() to now, since
         after the network only NMS stands between the batch and its answers."""
+        self._marks[2].synchronize()  # done already, unless every request was refused before NMS
         letterbox = self._marks[0].elapsed_time(self._marks[1]) / 1e3
         network = self._marks[1].elapsed_time(self._marks[2]) / 1e3
         wall = time.perf_counter() - run.started_at

@@ -225,13 +225,8 @@ def _limit(max_det: int | None, n: int) -> int:
     return n if max_det is None else max(0, min(int(max_det), n))
 
 
-def nms(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    iou_threshold: float,
-    max_det: int | None = None,
-    budget: PairBudget | None = None,
-) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_det: int | None = None,
+        budget: PairBudget | None = None) -> np.ndarray:
     """Greedy NMS (`torchvision.ops.nms`); indices of kept boxes in descending score order.
 
     Equal scores keep their input order (stable sort), as torchvision's CPU kernel does.
@@ -268,14 +263,8 @@ def _per_class(
     return order[keep][:limit]
 
 
-def batched_nms(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    iou_threshold: float,
-    max_det: int | None = None,
-    budget: PairBudget | None = None,
-) -> np.ndarray:
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
+                max_det: int | None = None, budget: PairBudget | None = None) -> np.ndarray:
     """Per-class greedy NMS (`torchvision.ops.batched_nms`: boxes of different classes never
     suppress each other); indices of kept boxes in descending score order, ties in input order."""
     order = _order(scores)
@@ -313,14 +302,8 @@ def _candidates(raw: np.ndarray, conf: float, multi_label: bool) -> tuple[np.nda
     return keep, scores[keep], classes[keep]
 
 
-def decode(
-    raw: np.ndarray,
-    conf: float,
-    iou: float,
-    max_det: int,
-    multi_label: bool = False,
-    budget: PairBudget | None = None,
-) -> Detections:
+def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool = False,
+           budget: PairBudget | None = None) -> Detections:
     """One image's detector output (4 + nc, anchors) -> detections in network-input pixels.
 
     NMS runs over the class-offset boxes, as Ultralytics' does (the offset changes how the

@@ -8,15 +8,8 @@ from yolo_triton.pipeline.geometry import unletterbox
 from yolo_triton.pipeline.nms import Detections, NmsBudgetExceeded, PairBudget, decode
 
 
-def postprocess_one(
-    raw: np.ndarray,
-    lb: np.ndarray,
-    conf: float,
-    iou: float,
-    max_det: int,
-    multi_label: bool = False,
-    budget: PairBudget | None = None,
-) -> Detections:
+def postprocess_one(raw: np.ndarray, lb: np.ndarray, conf: float, iou: float, max_det: int,
+                    multi_label: bool = False, budget: PairBudget | None = None) -> Detections:
     """One image: (4 + nc, anchors) output and its LETTERBOX row -> detections in image pixels.
 
     `budget`: the NMS work this image may cost (None: unbounded); see `nms.NMS_PAIRS_PER_ANCHOR`."""
