@@ -128,3 +128,45 @@ def test_modules_are_small(path):
 def test_nothing_inserts_the_source_tree_into_sys_path():
     offenders = [p for p in (ROOT / "yolo_triton").rglob("*.py") if "sys.path.insert" in p.read_text()]
     assert not offenders, offenders
+
+
+def test_requests_refuse_one_by_one_and_answer_the_rest_in_order():
+    """The gather/scatter every python model uses (backend.requests), on stand-ins for the stub's
+    classes: a refusal in either pass or in the batched step's results answers that request only."""
+    from types import SimpleNamespace
+
+    from yolo_triton.backend.requests import Requests
+    from yolo_triton.pipeline.validation import InputError
+
+    class Response:
+        def __init__(self, tensors=None, error=None):
+            self.tensors, self.error = tensors, error
+
+    class Error:
+        INVALID_ARG = 3
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    pb = SimpleNamespace(InferenceResponse=Response, TritonError=Error, Tensor=lambda name, a: (name, a))
+    io = SimpleNamespace(tensor=lambda _pb, name, a: (name, a))
+    requests = [{"n": n} for n in (1, -1, 2, 3, 4)]
+
+    def first(r):
+        if r["n"] < 0:
+            raise InputError("negative")
+        return r["n"]
+
+    def second(_r, n):
+        if n == 3:
+            raise InputError("three")
+        return n * 10
+
+    batch = Requests(pb, requests, io)
+    assert batch.each(first) == [1, 2, 3, 4] and batch.live == [0, 2, 3, 4]
+    kept, values = batch.then([1, 2, 3, 4], second)
+    assert kept == [0, 1, 3] and values == [10, 20, 40] and batch.live == [0, 2, 4]
+    responses = batch.answer([(np.array([v]),) for v in values[:2]] + [InputError("budget")], [spec.NUM_DETECTIONS])
+    assert [r.error.message if r.error else int(r.tensors[0][1][0]) for r in responses] == \
+        [10, "negative", 20, "three", "budget"]
+    assert all(r.error.code == Error.INVALID_ARG for r in responses if r.error)

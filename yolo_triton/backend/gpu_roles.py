@@ -18,7 +18,7 @@ from yolo_triton.backend import gpu_tensors
 from yolo_triton.backend.args import ModelArgs
 from yolo_triton.backend.metrics import Stopwatch
 from yolo_triton.backend.requests import Requests
-from yolo_triton.backend.roles import images_and_options, postprocess_inputs, split
+from yolo_triton.backend.roles import postprocess_inputs, split
 from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network
 from yolo_triton.pipeline.gpu import GpuPipeline
 from yolo_triton.pipeline.postprocess import pad_batch
@@ -69,7 +69,7 @@ class Preprocess(_GpuRole):
                 pixels = torch.empty((sum(sizes), 3, self.size, self.size), dtype=torch.float32, device=self.device)
                 # LETTERBOX leaves by DLPack too, on the GPU like `images`, in one small upload.
                 rows = torch.from_numpy(torch_letterbox.letterbox_many(images, self.size, pixels)).to(self.device)
-            results = [(p[0], r[0]) for p, r in zip(split(pixels, sizes), split(rows, sizes))]
+            results = list(zip(split(pixels, sizes), split(rows, sizes)))
             self.synchronized(batch, results, spec.PREPROCESS.outputs, self.device)
         return sum(sizes)
 
@@ -104,7 +104,7 @@ class TorchNetwork(_GpuRole):
                 chunks = [self.net(x[i : i + largest]).to(torch.float32, copy=True)
                           for i in range(0, x.shape[0], largest)]
                 raw = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-            self.synchronized(batch, split(raw, [t.shape[0] for t in xs]), (spec.RAW,), self.device)
+            self.synchronized(batch, [(r,) for r in split(raw, [t.shape[0] for t in xs])], (spec.RAW,), self.device)
         return x.shape[0]
 
 
@@ -132,7 +132,7 @@ class Postprocess(_GpuRole):
             multi = [x for *_, ml in items for x in ml]
             dets = torch_decode.postprocess_batch(raw, lb, limits, multi)
         sizes = [r.shape[0] for r, *_ in items]
-        batch.answer([pad_batch(d) for (d,) in split(dets, sizes)], spec.ENSEMBLE_OUTPUTS)
+        batch.answer([pad_batch(d) for d in split(dets, sizes)], spec.ENSEMBLE_OUTPUTS)
         return sum(sizes)
 
 
@@ -161,16 +161,14 @@ class GpuPipelineRole(_GpuRole):
             images = batch.each(lambda r: self.image(batch, r))
             if not images:
                 return 0
-            started = list(batch.live)
-            by_request = {id(batch.requests[i]): im for i, im in zip(started, images)}
             # The GPU letterboxes and runs the network while the host reads and checks the options
             # (a copy and a synchronisation when they sit in GPU memory): they are only needed for NMS.
             run = self.pipeline.start(images)
-            self._log_refusals()
-            options = batch.each(images_and_options(batch, lambda r: by_request[id(r)]))
-            keep = [started.index(i) for i in batch.live]
+            if len(self.pipeline.letterbox.refused) > self.refusals:
+                self._log_refusals()
+            keep, options = batch.then(images, lambda r, im: batch.options(r, im.shape[0]))
             fallbacks = self.pipeline.eager_fallbacks
-            results = self.pipeline.finish(run, [o[1] for o in options], [o[2] for o in options], keep)
+            results = self.pipeline.finish(run, [o[0] for o in options], [o[1] for o in options], keep)
             for stage, seconds in self.pipeline.stage_seconds(run).items():
                 watch.seconds[stage] = watch.seconds.get(stage, 0.0) + seconds
             batch.answer(results, spec.ENSEMBLE_OUTPUTS)

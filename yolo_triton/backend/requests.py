@@ -17,6 +17,7 @@ from yolo_triton.backend.tensors import TensorIO
 from yolo_triton.pipeline.validation import InputError, request_options
 
 T = TypeVar("T")
+U = TypeVar("U")
 OPTIONS = tuple(t.name for t in spec.ENSEMBLE_INPUTS if t.optional)
 
 
@@ -48,6 +49,24 @@ class Requests:
             live.append(i)
         self.live = live
         return values
+
+    def then(self, values: Sequence[T], read: Callable[[Any, T], U]) -> tuple[list[int], list[U]]:
+        """A second pass: `read(request, value)` for every live request and the value an earlier
+        `each` gave it (the values line up with `live`). A request that raises InputError is refused;
+        returns the positions in `values` of the requests still live, and what `read` gave them."""
+        if len(values) != len(self.live):
+            raise ValueError(f"{len(values)} values for {len(self.live)} live requests")
+        kept, out, live = [], [], []
+        for k, (i, value) in enumerate(zip(self.live, values)):
+            try:
+                out.append(read(self.requests[i], value))
+            except InputError as e:
+                self.refuse(i, e)
+                continue
+            kept.append(k)
+            live.append(i)
+        self.live = live
+        return kept, out
 
     def input(self, request: Any, name: str) -> Any:  # noqa: ANN401 - an array or a tensor
         """A required input of `request` (Triton has checked it is there, with its dtype)."""

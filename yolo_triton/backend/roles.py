@@ -33,11 +33,11 @@ class Role(Protocol):
         ...
 
 
-def split(array: Any, sizes: list[int]) -> list[tuple[Any]]:  # noqa: ANN401 - an array or a tensor
-    """One batched output cut back into each request's images."""
+def split(array: Any, sizes: list[int]) -> list[Any]:  # noqa: ANN401 - an array or a tensor
+    """One batched output cut back into each request's images (views, no copies)."""
     out, start = [], 0
     for n in sizes:
-        out.append((array[start : start + n],))
+        out.append(array[start : start + n])
         start += n
     return out
 
@@ -60,8 +60,7 @@ class Preprocess:
         if images:
             with watch("preprocess"):
                 pixels, rows = self.letterbox(images)
-            batch.answer([(p[0], lb) for p, lb in zip(split(pixels, [i.shape[0] for i in images]), rows)],
-                         spec.PREPROCESS.outputs)
+            batch.answer(list(zip(split(pixels, [i.shape[0] for i in images]), rows)), spec.PREPROCESS.outputs)
         return sum(i.shape[0] for i in images)
 
 
@@ -80,7 +79,7 @@ class OrtNetwork:
         if pixels:
             with watch("network"):
                 raw = self.network(_concat(pixels))
-            batch.answer(split(raw, [p.shape[0] for p in pixels]), (spec.RAW,))
+            batch.answer([(r,) for r in split(raw, [p.shape[0] for p in pixels])], (spec.RAW,))
         return sum(p.shape[0] for p in pixels)
 
 
