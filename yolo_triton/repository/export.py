@@ -23,9 +23,17 @@ class WeightsUnavailable(RuntimeError):
 
 
 def load(weights: str):  # noqa: ANN201 - ultralytics.YOLO, imported lazily (torch import is slow)
-    """Load a checkpoint (`.pt`), or build an architecture (`.yaml`) with seeded random weights."""
+    """Load a checkpoint (`.pt`), or build an architecture (`.yaml`) with seeded random weights.
+
+    `crowded` names the project's own crowded-scene checkpoint (yolo_triton.data.crowded), made
+    on first use: seeded weights that find about 190 boxes on bus.jpg.
+    """
     import torch
     from ultralytics import YOLO
+
+    from yolo_triton.data import crowded
+
+    weights = crowded.resolve(weights)
 
     if weights.endswith((".yaml", ".yml")):
         torch.manual_seed(SEED)
