@@ -102,11 +102,10 @@ def write_input_data(pictures: Sequence[np.ndarray], path: Path, with_defaults: 
     for image in pictures:
         entry: dict = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
                                          "shape": list(image.shape)}}
-        for t in spec.ENSEMBLE_INPUTS if with_defaults else ():
-            if t.optional:
-                if t.name not in DEFAULTS:
-                    raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
-                entry[t.name] = [DEFAULTS[t.name]]
+        for t in spec.OPTIONS if with_defaults else ():
+            if t.name not in DEFAULTS:
+                raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
+            entry[t.name] = [DEFAULTS[t.name]]
         data.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}))
