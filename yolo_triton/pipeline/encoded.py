@@ -200,6 +200,14 @@ def _webp(data: bytes, index: int) -> Header:
     return Header("webp", w, h)
 
 
+def orientation_of(data: bytes) -> int:
+    """The EXIF orientation of a file a client read (1 for anything without one, or not a JPEG)."""
+    try:
+        return read_header(data, 0).orientation if data[:3] == b"\xff\xd8\xff" else 1
+    except InputError:
+        return 1
+
+
 def oriented_shape(header: Header) -> tuple[int, int]:
     """(height, width) of the image once its EXIF orientation is applied."""
     transpose = ORIENTATIONS[header.orientation][0]
