@@ -16,6 +16,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from conftest import SAMPLES, sample_images
 from tritonclient.utils import InferenceServerException
@@ -264,3 +265,41 @@ def test_parse_outputs_of_an_encoded_request_lines_up_with_the_files(server):
         raw.close()
     jpeg, png = parse_outputs(result)
     assert len(jpeg.scores) > 0 and len(png.scores) > 0
+
+
+# --- the GPU decoders (where CUDA is) --------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU visible to torch (none here)")
+GPU_MODELS = (spec.variant("gpu").ensemble, spec.variant("gpu_fused").ensemble)
+
+
+@needs_cuda
+@pytest.mark.parametrize("orientation", [1, 6, 7])
+def test_nvjpeg_decodes_as_opencv_within_one_grey_level(orientation):
+    from yolo_triton.pipeline import torch_encoded
+
+    files = [with_orientation(encode(cv2.resize(BUS, (w, h)), ".jpg"), orientation) for h, w in SIZES]
+    files.append(PNG)
+    got = torch_encoded.decode_all(files, torch.device("cuda", 0))
+    for i, (data, t) in enumerate(zip(files, got)):
+        want = encoded.decode(data, encoded.read_header(data, i), i)
+        assert tuple(t.shape) == (1, *want.shape) and t.is_cuda
+        diff = np.abs(t[0].cpu().numpy().astype(int) - want.astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.5, (i, diff.max(), diff.mean())
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", GPU_MODELS)
+def test_served_gpu_models_give_the_raw_paths_detections_for_encoded_files(server, model):
+    from test_serving import iou_matrix
+
+    with DetectorClient(server.url, model=model, timeout_s=120) as client:
+        for data in (JPEG, PNG, (SAMPLES / "bus.jpg").read_bytes()):
+            want = client.detect(images.decode(data)).detections
+            got = client.detect_encoded(data).detections
+            assert len(got.scores) == len(want.scores) > 0
+            np.testing.assert_array_equal(got.classes, want.classes)
+            assert np.diag(iou_matrix(got.boxes, want.boxes)).min() >= 0.99
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-2)
+        with pytest.raises(ServerError, match=r"IMAGE_BYTES\[1\]: .*exceeds the limit"):
+            client._call(client.client.infer, model, [_unchecked([JPEG, png_bomb()])], outputs=OUTPUTS)
