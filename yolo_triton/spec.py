@@ -48,8 +48,14 @@ class TensorSpec:
         return TensorSpec(self.name, self.dtype, dims, self.optional)
 
 
-# What clients send and receive (the ensembles' interface).
-IMAGE = TensorSpec("IMAGE", "uint8", (-1, -1, 3))
+# What clients send and receive (the ensembles' interface). A request carries its images once,
+# as exactly one of IMAGE (decoded BGR pixels, one size per request) or IMAGE_BYTES (one encoded
+# JPEG/PNG/WebP file per image, any sizes, decoded on the server: pipeline/encoded.py). Both are
+# optional in the configs so that either may be left out; the first python step refuses a request
+# that sends both or neither.
+IMAGE = TensorSpec("IMAGE", "uint8", (-1, -1, 3), optional=True)
+IMAGE_BYTES = TensorSpec("IMAGE_BYTES", "bytes", (1,), optional=True)
+IMAGE_INPUTS = (IMAGE, IMAGE_BYTES)
 CONF_THRESHOLD = TensorSpec("CONF_THRESHOLD", "float32", (1,), optional=True)
 IOU_THRESHOLD = TensorSpec("IOU_THRESHOLD", "float32", (1,), optional=True)
 MAX_DETECTIONS = TensorSpec("MAX_DETECTIONS", "int32", (1,), optional=True)
@@ -81,6 +87,11 @@ STAGE_IMAGES_METRIC = "yolo_triton_images_total"  # {model}: images those calls 
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_BATCH = 64
+# IMAGE_BYTES: the encodings the server decodes, and the most bytes one encoded image may have
+# (a 8192x4883 JPEG at quality 100 is about 25 MB). Decoded dimensions are bounded by the two
+# pixel limits above, read from the file's header before anything is decoded.
+ENCODED_FORMATS = ("jpeg", "png", "webp")
+MAX_ENCODED_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -98,14 +109,15 @@ class ModelSpec:
         return ModelSpec(name, self.backend, self.inputs, self.outputs, self.platform)
 
 
-PREPROCESS = ModelSpec("preprocess", "python", (IMAGE,), (PIXELS, LETTERBOX))
+PREPROCESS = ModelSpec("preprocess", "python", IMAGE_INPUTS, (PIXELS, LETTERBOX))
 POSTPROCESS = ModelSpec(
     "postprocess",
     "python",
     (RAW, LETTERBOX, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, MULTI_LABEL),
     (BOXES, SCORES, CLASSES, NUM_DETECTIONS),
 )
-ENSEMBLE_INPUTS = (IMAGE, CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, MULTI_LABEL)
+OPTIONS = (CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, MULTI_LABEL)  # per-request, defaults above
+ENSEMBLE_INPUTS = (*IMAGE_INPUTS, *OPTIONS)
 ENSEMBLE_OUTPUTS = (BOXES, SCORES, CLASSES, NUM_DETECTIONS)
 
 

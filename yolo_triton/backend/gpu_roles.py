@@ -8,6 +8,7 @@ and keeps serving everything else.
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any
 
@@ -16,10 +17,11 @@ import torch
 from yolo_triton import spec
 from yolo_triton.backend import gpu_tensors
 from yolo_triton.backend.args import ModelArgs
+from yolo_triton.backend.images import count, cut, flatten, image_input, regroup
 from yolo_triton.backend.metrics import Stopwatch
 from yolo_triton.backend.requests import Requests
 from yolo_triton.backend.roles import postprocess_inputs, split
-from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network
+from yolo_triton.pipeline import encoded, torch_decode, torch_encoded, torch_letterbox, torch_network
 from yolo_triton.pipeline.gpu import GpuPipeline
 from yolo_triton.pipeline.postprocess import pad_batch
 from yolo_triton.pipeline.validation import check_image_shape
@@ -33,11 +35,15 @@ class _GpuRole:
         self.io = gpu_tensors.TorchIO()
         self.pb = pb_utils
 
-    def image(self, batch: Requests, request: Any) -> torch.Tensor:  # noqa: ANN401
-        """IMAGE of one request on this GPU, its shape checked before it is touched."""
-        t = self.pb.get_input_tensor_by_name(request, spec.IMAGE.name)
-        check_image_shape(t.shape())
-        return gpu_tensors.on_device(t, self.device)
+    def images(self, batch: Requests, request: Any) -> list[torch.Tensor]:  # noqa: ANN401
+        """One request's images on this GPU as pieces (backend.images): IMAGE, its shape checked
+        before it is touched, or IMAGE_BYTES decoded (nvJPEG for JPEG)."""
+        which, t = image_input(self.pb, request)
+        if which is spec.IMAGE:
+            check_image_shape(t.shape())
+            return [gpu_tensors.on_device(t, self.device)]
+        # BYTES never leave the host (no DLPack for them): the stub's NumPy object array.
+        return torch_encoded.decode_all(encoded.images_of(t.as_numpy()), self.device)
 
     @staticmethod
     def synchronized(batch: Requests, results: list, outputs: tuple, device: torch.device) -> None:
@@ -61,14 +67,15 @@ class Preprocess(_GpuRole):
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         with torch.inference_mode():
-            images = batch.each(lambda r: self.image(batch, r))
-            if not images:
-                return 0
-            sizes = [b.shape[0] for b in images]
             with watch("preprocess"):
+                pieces = batch.each(lambda r: self.images(batch, r))
+                if not pieces:
+                    return 0
+                sizes = [count(p) for p in pieces]
+                flat, _ = flatten(pieces)
                 pixels = torch.empty((sum(sizes), 3, self.size, self.size), dtype=torch.float32, device=self.device)
                 # LETTERBOX leaves by DLPack too, on the GPU like `images`, in one small upload.
-                rows = torch.from_numpy(torch_letterbox.letterbox_many(images, self.size, pixels)).to(self.device)
+                rows = torch.from_numpy(torch_letterbox.letterbox_many(flat, self.size, pixels)).to(self.device)
             results = list(zip(split(pixels, sizes), split(rows, sizes)))
             self.synchronized(batch, results, spec.PREPROCESS.outputs, self.device)
         return sum(sizes)
@@ -158,24 +165,33 @@ class GpuPipelineRole(_GpuRole):
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         with torch.inference_mode():
-            images = batch.each(lambda r: self.image(batch, r))
-            if not images:
+            t0 = time.perf_counter()
+            pieces = batch.each(lambda r: self.images(batch, r))
+            if not pieces:
                 return 0
+            decoding = time.perf_counter() - t0  # pixels: a DLPack view; bytes: their decode
+            flat, counts = flatten(pieces)
             # The GPU letterboxes and runs the network while the host reads and checks the options
             # (a copy and a synchronisation when they sit in GPU memory): they are only needed for NMS.
-            run = self.pipeline.start(images)
+            run = self.pipeline.start(flat)
             if len(self.pipeline.letterbox.refused) > self.refusals:
                 self._log_refusals()
-            keep, options = batch.then(images, lambda r, im: batch.options(r, im.shape[0]))
+            keep, options = batch.then(pieces, lambda r, p: batch.options(r, count(p)))
+            # The pipeline answers pieces: the kept requests' pieces, their options cut to match.
+            starts = [sum(counts[:k]) for k in range(len(counts))]
+            kept = [starts[k] + j for k in keep for j in range(counts[k])]
+            limits = [x for k, (lim, _) in zip(keep, options) for x in cut(lim, pieces[k])]
+            multi = [x for k, (_, ml) in zip(keep, options) for x in cut(ml, pieces[k])]
             fallbacks = self.pipeline.eager_fallbacks
-            results = self.pipeline.finish(run, [o[0] for o in options], [o[1] for o in options], keep)
+            results = regroup(self.pipeline.finish(run, limits, multi, kept), [counts[k] for k in keep])
+            watch.seconds["preprocess"] = watch.seconds.get("preprocess", 0.0) + decoding
             for stage, seconds in self.pipeline.stage_seconds(run).items():
                 watch.seconds[stage] = watch.seconds.get(stage, 0.0) + seconds
             batch.answer(results, spec.ENSEMBLE_OUTPUTS)
             if self.pipeline.eager_fallbacks > fallbacks:
                 self.pb.Logger.log_warn(f"{self.name}: a CUDA graph replay was not finite; answered with the eager "
                                         f"network ({self.pipeline.eager_fallbacks} times so far)")
-        return sum(images[k].shape[0] for k in keep)
+        return sum(count(pieces[k]) for k in keep)
 
     def _log_refusals(self) -> None:
         refused = list(self.pipeline.letterbox.refused.items())

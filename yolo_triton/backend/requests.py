@@ -18,7 +18,7 @@ from yolo_triton.pipeline.validation import InputError, request_options
 
 T = TypeVar("T")
 U = TypeVar("U")
-OPTIONS = tuple(t.name for t in spec.ENSEMBLE_INPUTS if t.optional)
+OPTIONS = tuple(t.name for t in spec.OPTIONS)
 
 
 def error_response(pb_utils: ModuleType, err: Exception) -> Any:  # noqa: ANN401 - pb_utils.InferenceResponse

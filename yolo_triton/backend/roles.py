@@ -16,12 +16,13 @@ import numpy as np
 
 from yolo_triton import spec
 from yolo_triton.backend.args import ModelArgs
+from yolo_triton.backend.images import count, cut, flatten, host_pieces, regroup
 from yolo_triton.backend.metrics import Stopwatch
 from yolo_triton.backend.requests import Requests
 from yolo_triton.backend.tensors import NumpyIO, TensorIO
 from yolo_triton.pipeline import cpu
 from yolo_triton.pipeline.protocol import Outputs
-from yolo_triton.pipeline.validation import InputError, check_images
+from yolo_triton.pipeline.validation import InputError
 
 
 class Role(Protocol):
@@ -47,7 +48,8 @@ def _concat(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class Preprocess:
-    """Staged step 1: decoded BGR images of any size -> letterboxed network input and LETTERBOX rows."""
+    """Staged step 1: BGR images of any size (or encoded files, decoded here) -> letterboxed network
+    input and LETTERBOX rows."""
 
     stages = ("preprocess",)
     io = NumpyIO()
@@ -56,12 +58,16 @@ class Preprocess:
         self.letterbox = cpu.Letterbox(margs.imgsz)
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
-        images = batch.each(lambda r: check_images(batch.input(r, spec.IMAGE.name)))
-        if images:
-            with watch("preprocess"):
-                pixels, rows = self.letterbox(images)
-            batch.answer(list(zip(split(pixels, [i.shape[0] for i in images]), rows)), spec.PREPROCESS.outputs)
-        return sum(i.shape[0] for i in images)
+        with watch("preprocess"):  # decoding included: it is this step's work
+            pieces = batch.each(lambda r: host_pieces(batch.pb, r))
+            if not pieces:
+                return 0
+            flat, counts = flatten(pieces)
+            pixels, rows = self.letterbox(flat)
+        sizes = [count(p) for p in pieces]
+        joined = [_concat(list(r)) for r in split(rows, counts)]
+        batch.answer(list(zip(split(pixels, sizes), joined)), spec.PREPROCESS.outputs)
+        return sum(sizes)
 
 
 class OrtNetwork:
@@ -112,11 +118,12 @@ class Postprocess:
         return sum(raw.shape[0] for raw, *_ in items)
 
 
-def images_and_options(batch: Requests, check: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, list, list]]:
-    def read(request: Any) -> tuple[Any, list, list]:  # noqa: ANN401
-        images = check(request)
-        limits, multi = batch.options(request, images.shape[0])
-        return images, limits, multi
+def pieces_and_options(batch: Requests) -> Callable[[Any], tuple[list, list, list]]:
+    """A request's images (host_pieces) with its options cut as its pieces are (images.cut)."""
+    def read(request: Any) -> tuple[list, list, list]:  # noqa: ANN401
+        pieces = host_pieces(batch.pb, request)
+        limits, multi = batch.options(request, count(pieces))
+        return pieces, cut(limits, pieces), cut(multi, pieces)
 
     return read
 
@@ -131,11 +138,15 @@ class CpuPipeline:
         self.pipeline = cpu.CpuPipeline(margs.existing_artefact(), margs.imgsz)
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
-        items = batch.each(images_and_options(batch, lambda r: check_images(batch.input(r, spec.IMAGE.name))))
-        if items:
-            images, limits, multi = zip(*items)
-            batch.answer(self.pipeline(images, limits, multi, watch), spec.ENSEMBLE_OUTPUTS)
-        return sum(i[0].shape[0] for i in items)
+        with watch("preprocess"):  # decoding is preprocessing; the pipeline adds its letterbox
+            items = batch.each(pieces_and_options(batch))
+        if not items:
+            return 0
+        pieces, counts = flatten([p for p, _, _ in items])
+        limits, _ = flatten([lim for _, lim, _ in items])
+        multi, _ = flatten([ml for _, _, ml in items])
+        batch.answer(regroup(self.pipeline(pieces, limits, multi, watch), counts), spec.ENSEMBLE_OUTPUTS)
+        return sum(count(p) for p, _, _ in items)
 
 
 CPU_ROLES: dict[str, type] = {

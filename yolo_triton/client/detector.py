@@ -19,6 +19,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from yolo_triton import spec
+from yolo_triton.pipeline import encoded
 from yolo_triton.pipeline.nms import Detections
 from yolo_triton.pipeline.postprocess import unpad
 from yolo_triton.pipeline.validation import check_images, check_thresholds
@@ -81,19 +82,32 @@ def build_inputs(
     """The request tensors for one batch of same-size images (B, H, W, 3).
 
     `image_input` replaces the inline IMAGE tensor (e.g. one that points at shared memory)."""
-    n = images.shape[0]
-    tensors = [] if image_input is not None else [(spec.IMAGE, images)]
-    options = ((spec.CONF_THRESHOLD, conf), (spec.IOU_THRESHOLD, iou), (spec.MAX_DETECTIONS, max_det),
-               (spec.MULTI_LABEL, multi_label))
-    for t, value in options:
+    if image_input is None:
+        image_input = grpcclient.InferInput(spec.IMAGE.name, list(images.shape), spec.IMAGE.wire_dtype)
+        image_input.set_data_from_numpy(np.ascontiguousarray(images))
+    return [image_input, *option_inputs(images.shape[0], conf, iou, max_det, multi_label)]
+
+
+def option_inputs(n: int, conf: float | None = None, iou: float | None = None, max_det: int | None = None,
+                  multi_label: bool | None = None) -> list[grpcclient.InferInput]:
+    """The options a request sets (one value per image); those left None take the server's defaults."""
+    inputs = []
+    for t, value in zip(spec.OPTIONS, (conf, iou, max_det, multi_label)):
         if value is not None:
-            tensors.append((t, np.full((n, 1), value, dtype=t.np_dtype)))
-    inputs = [image_input] if image_input is not None else []
-    for t, array in tensors:
-        inp = grpcclient.InferInput(t.name, list(array.shape), t.wire_dtype)
-        inp.set_data_from_numpy(np.ascontiguousarray(array))
-        inputs.append(inp)
+            inp = grpcclient.InferInput(t.name, [n, 1], t.wire_dtype)
+            inp.set_data_from_numpy(np.full((n, 1), value, dtype=t.np_dtype))
+            inputs.append(inp)
     return inputs
+
+
+def encoded_input(files: list[bytes]) -> grpcclient.InferInput:
+    """IMAGE_BYTES for encoded files (any sizes), each checked as the server checks it first, so a
+    file the server would refuse is refused here, naming it by its index."""
+    for i, data in enumerate(files):
+        encoded.read_header(data, i)
+    inp = grpcclient.InferInput(spec.IMAGE_BYTES.name, [len(files), 1], spec.IMAGE_BYTES.wire_dtype)
+    inp.set_data_from_numpy(np.array([[bytes(f)] for f in files], dtype=object).reshape(len(files), 1))
+    return inp
 
 
 OUTPUTS = [grpcclient.InferRequestedOutput(t.name) for t in spec.ENSEMBLE_OUTPUTS]
@@ -258,6 +272,24 @@ class DetectorClient:
         inputs = build_inputs(images, conf, iou, max_det, multi_label, image_input)
         result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)
         return parse_outputs(result), (time.perf_counter() - start) * 1e3
+
+    def infer_encoded(self, files: list[bytes], conf: float | None = None, iou: float | None = None,
+                      max_det: int | None = None, multi_label: bool | None = None
+                      ) -> tuple[list[Detections], float]:
+        """One request for encoded JPEG/PNG/WebP files, sent as they are and decoded on the server;
+        detections per file (in its decoded, EXIF-oriented pixels) and latency (ms)."""
+        if not 1 <= len(files) <= spec.MAX_BATCH:
+            raise encoded.InputError(f"{spec.IMAGE_BYTES.name}: {len(files)} files; send 1 to {spec.MAX_BATCH}")
+        check_thresholds(len(files), conf, iou, max_det)
+        start = time.perf_counter()
+        inputs = [encoded_input(files), *option_inputs(len(files), conf, iou, max_det, multi_label)]
+        result = self._call(self.client.infer, self.model, inputs, outputs=OUTPUTS)
+        return parse_outputs(result), (time.perf_counter() - start) * 1e3
+
+    def detect_encoded(self, data: bytes, conf: float | None = None, iou: float | None = None,
+                       max_det: int | None = None, multi_label: bool | None = None) -> Result:
+        dets, ms = self.infer_encoded([data], conf, iou, max_det, multi_label)
+        return Result(dets[0], ms)
 
     def detect(self, image: np.ndarray, conf: float | None = None, iou: float | None = None,
                max_det: int | None = None, multi_label: bool | None = None) -> Result:

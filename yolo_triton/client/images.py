@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yolo_triton.pipeline.encoded import orient, orientation_of
 from yolo_triton.pipeline.validation import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -36,12 +37,14 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
 
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
+    """A file's bytes -> BGR, rotated by its EXIF orientation as cv2.imread (Ultralytics' reader)
+    and the server's IMAGE_BYTES decoder rotate it (IMREAD_UNCHANGED alone would not)."""
     if not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputError(f"{name}: not a decodable image (corrupt, truncated or not an image file)")
-    return to_bgr(image)
+    return orient(to_bgr(image), orientation_of(data))
 
 
 def read(path: Path) -> np.ndarray:

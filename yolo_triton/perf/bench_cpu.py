@@ -9,7 +9,9 @@ Measures, in one run on this machine and on the same image:
       ensemble `yolov8n_ort` and the fused `yolov8n_ort_fused` (one python model);
   (c) both at saturation: requests of 8 images, or of the raw model's best batch size if that is
       larger, two in flight so one waits while the other runs (--per-request, --in-flight);
-  (d) Ultralytics' own predict pipeline with the same ONNX model.
+  (d) Ultralytics' own predict pipeline with the same ONNX model;
+  (remote client) c1 over gRPC without shared memory: the file's own bytes (IMAGE_BYTES) against
+      its pixels (IMAGE), with their ratio (perf.remote).
 Served figures are taken twice: with the pixels in system shared memory (a client on the
 server's host; the ratios use these) and inside the gRPC message (a remote client).
 On two shared cores one figure drifts by 10-20% from minute to minute, so every figure is
@@ -36,6 +38,7 @@ import numpy as np
 from yolo_triton import spec
 from yolo_triton.client.detector import DetectorClient
 from yolo_triton.paths import DEFAULT_REPO, RUNS, SAMPLES
+from yolo_triton.perf.remote import remote_client
 from yolo_triton.perf.saturation import saturate
 from yolo_triton.perf.target import build_repo
 from yolo_triton.pipeline import geometry
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             rate_rounds.append(rate)
         for c in clients.values():
             c.close()
+        remote_client(server.url, models, args.image, args.seconds, args.rounds)
     lat_ms, rates = _pooled(lat_rounds), _pooled(rate_rounds)
 
     print()

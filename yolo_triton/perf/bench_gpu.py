@@ -15,6 +15,8 @@ Measured in one run, on this machine's GPU, with the same weights and the same i
       (plain gRPC, and with the image in CUDA shared memory, i.e. already on the GPU as a camera
       pipeline would hand it over), and images/s at saturation; per-model time from Triton's
       statistics around every run, and the fused model's stage metrics where it publishes them.
+      The "remote client" level (c1-remote-jpeg) sends the photo's own JPEG bytes (IMAGE_BYTES,
+      decoded by nvJPEG on the server) over gRPC without shared memory.
       The fused pipeline's own stages (letterbox, network, NMS) are timed in this process on the
       same image, with a synchronisation after each (yolo_triton.perf.gpu_baselines).
 Ends with the ratios (served c1 / raw, Ultralytics / served) and the issue's targets, judged on
@@ -54,6 +56,8 @@ from yolo_triton.serve.launcher import Server
 TARGET_C1_MS = 2.4
 TARGET_SPEEDUP = 3.5
 TARGET_IMG_S = 3000.0
+TARGET_REMOTE_MS = 2.5  # remote client (encoded JPEG, gRPC, no shared memory), c1 p50
+TARGET_REMOTE_OVER_CUDASHM_MS = 1.0
 PA_TIMEOUT_S = 90
 DEFAULT_MODELS = f"{spec.variant('gpu').ensemble},{spec.variant('gpu_fused').ensemble}"
 
@@ -103,7 +107,11 @@ def measure_level(server: Server, data: Path, r: PaResult, out_dir: Path, interv
     number of requests (no stability search) and says so in its note.
     """
     url = server.http_url if r.protocol == "http" else server.url
-    req = perf_analyzer.Request(r.model, url, data, r.protocol, r.batch, shape, r.shm, server.url,
+    if r.shm == "encoded":  # IMAGE_BYTES: the file's bytes in the message, no shape to give
+        data, shape, shm = data.with_name("input_encoded.json"), None, "none"
+    else:
+        shm = r.shm
+    req = perf_analyzer.Request(r.model, url, data, r.protocol, r.batch, shape, shm, server.url,
                                 ("--percentile", "50"))
     out = perf_analyzer.measure(req, perf_analyzer.Load(r.concurrency), out_dir, r.label,
                                 perf_analyzer.time_windows(interval_ms, 10, 6),
@@ -135,8 +143,9 @@ def set_instances(repo: Path, model: str, count: int) -> None:
 
 
 def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: list[PaResult],
-           interval_ms: int) -> tuple[list[PaResult], dict]:
+           interval_ms: int, photo: Path) -> tuple[list[PaResult], dict]:
     data = inputs.write_input_data([image], run / "perf_analyzer" / "input.json", with_defaults=True)
+    inputs.write_encoded_input_data([photo.read_bytes()], data.with_name("input_encoded.json"))
     keys = sorted({v.key for v in spec.VARIANTS if v.ensemble in models or v.pipeline in models})
     results, check = [], {}
     http = any(level.protocol == "http" for level in levels)
@@ -166,6 +175,22 @@ def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: 
     return results, check
 
 
+def remote_checks(levels: list[PaResult]) -> list[tuple[str, bool, str]]:
+    """The remote-client targets, per model: encoded c1 against the bound and its CUDA-shm c1."""
+    out = []
+    for r in levels:
+        if not (r.ok and r.shm == "encoded" and r.concurrency == 1):
+            continue
+        out.append((f"{r.label} <= {TARGET_REMOTE_MS:.1f} ms", r.p50_ms <= TARGET_REMOTE_MS, f"{r.p50_ms:.3f} ms"))
+        shm = [s for s in levels if s.ok and s.model == r.model and s.shm == "cuda" and s.concurrency == 1
+               and s.protocol == "grpc"]
+        if shm:
+            extra = r.p50_ms - shm[0].p50_ms
+            out.append((f"{r.label} <= {shm[0].label} + {TARGET_REMOTE_OVER_CUDASHM_MS:.1f} ms",
+                        extra <= TARGET_REMOTE_OVER_CUDASHM_MS, f"+{extra:.3f} ms"))
+    return out
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -177,8 +202,9 @@ def parse_levels(text: str) -> list[PaResult]:
         if len(fields) not in (4, 5):
             raise argparse.ArgumentTypeError(f"a level is label:shm:concurrency:batch[:protocol], got {item!r}")
         label, shm, conc, batch, protocol = (*fields, "grpc") if len(fields) == 4 else fields
-        if shm not in ("none", "system", "cuda"):
-            raise argparse.ArgumentTypeError(f"shared memory must be none, system or cuda, got {shm!r}")
+        if shm not in ("none", "system", "cuda", "encoded"):
+            raise argparse.ArgumentTypeError(f"shared memory must be none, system, cuda or encoded (the file's "
+                                             f"bytes in the message), got {shm!r}")
         if protocol not in ("grpc", "http"):
             raise argparse.ArgumentTypeError(f"protocol must be grpc or http, got {protocol!r}")
         out.append(PaResult(label, "", shm, int(conc), int(batch), protocol))
@@ -188,7 +214,7 @@ def parse_levels(text: str) -> list[PaResult]:
 # c1 over HTTP too: for a small request (the image already in CUDA shared memory) the protocol's
 # own cost is a visible part of the end-to-end figure.
 DEFAULT_LEVELS = ("c1-grpc:none:1:1,c1-cudashm:cuda:1:1,c1-http-cudashm:cuda:1:1:http,"
-                  "sat-c16xb8-cudashm:cuda:16:8")
+                  "c1-remote-jpeg:encoded:1:1,sat-c16xb8-cudashm:cuda:16:8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     print("    " + ", ".join(f"{k} {v:.3f}" for k, v in fused.items()), flush=True)
     print("(3) served GPU variants under perf_analyzer", flush=True)
     models = [m for m in args.models.split(",") if m]
-    levels, check = served(repo, image, run, models, args.levels, interval)
+    levels, check = served(repo, image, run, models, args.levels, interval, image_path)
 
     c1 = [r for r in levels if r.ok and r.concurrency == 1]
     sat = [r for r in levels if r.ok and r.concurrency > 1]
@@ -311,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if best_sat:
         checks.append((f"saturated >= {TARGET_IMG_S:.0f} img/s", best_sat.img_s >= TARGET_IMG_S,
                        f"{best_sat.img_s:.0f} img/s, {best_sat.label}"))
+    checks += remote_checks(levels)
     for name, ok, value in checks:
         lines.append(f"target {name}: {'MET' if ok else 'MISSED'} ({value})")
     summary = "\n".join(lines)

@@ -30,7 +30,8 @@ DEFAULTS = {spec.CONF_THRESHOLD.name: spec.DEFAULT_CONF, spec.IOU_THRESHOLD.name
 @dataclass(frozen=True)
 class Sample:
     name: str
-    image: np.ndarray  # BGR uint8 (H, W, 3), what the clients send
+    image: np.ndarray  # BGR uint8 (H, W, 3), what the clients send as IMAGE
+    data: bytes = b""  # the file's own bytes, what they send as IMAGE_BYTES
 
     @property
     def size(self) -> str:
@@ -63,7 +64,11 @@ def sample_images(sources: Sequence[str] = ()) -> list[Sample]:
         if p.name in seen or p.suffix.lower() not in images.IMAGE_SUFFIXES:
             continue
         seen.add(p.name)
-        out.append(Sample(p.name, images.read(p)))
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"{p}: cannot read ({e.strerror})") from None
+        out.append(Sample(p.name, images.decode(data, str(p)), data))
     if not out:
         raise PerfToolError("no sample images: pass --images FILES_OR_FOLDERS (assets/samples is empty or missing)")
     return out
@@ -102,11 +107,27 @@ def write_input_data(pictures: Sequence[np.ndarray], path: Path, with_defaults: 
     for image in pictures:
         entry: dict = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
                                          "shape": list(image.shape)}}
-        for t in spec.ENSEMBLE_INPUTS if with_defaults else ():
-            if t.optional:
-                if t.name not in DEFAULTS:
-                    raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
-                entry[t.name] = [DEFAULTS[t.name]]
+        for t in spec.OPTIONS if with_defaults else ():
+            if t.name not in DEFAULTS:
+                raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
+            entry[t.name] = [DEFAULTS[t.name]]
+        data.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def write_encoded_input_data(files: Sequence[bytes], path: Path, with_defaults: bool = False) -> Path:
+    """perf_analyzer --input-data JSON for IMAGE_BYTES: one entry per encoded file, sent as it is.
+
+    perf_analyzer sends "b64" content as the tensor's raw bytes, and a BYTES tensor's raw form is
+    each element prefixed by its 4-byte little-endian length, so that is what is encoded."""
+    data = []
+    for f in files:
+        raw = len(f).to_bytes(4, "little") + bytes(f)
+        entry: dict = {spec.IMAGE_BYTES.name: {"b64": base64.b64encode(raw).decode("ascii")}}
+        for t in spec.OPTIONS if with_defaults else ():
+            entry[t.name] = [DEFAULTS[t.name]]
         data.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}))

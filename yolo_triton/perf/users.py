@@ -25,7 +25,7 @@ from locust.env import Environment  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from yolo_triton import spec  # noqa: E402
-from yolo_triton.client.detector import OUTPUTS, build_inputs, parse_outputs  # noqa: E402
+from yolo_triton.client.detector import OUTPUTS, build_inputs, encoded_input, parse_outputs  # noqa: E402
 from yolo_triton.perf import inputs  # noqa: E402
 from yolo_triton.perf.errors import PerfToolError  # noqa: E402
 from yolo_triton.perf.replies import GrpcError, Malformed, malformed  # noqa: E402
@@ -58,6 +58,8 @@ OPTIONS = (
     ("--triton-rate", float, 0.0, None,
      "requests/s per user, paced by constant_throughput (0: back to back, --think-time)"),
     ("--triton-classes", int, 0, None, "check every reply in full, class ids below this (0: decode only)"),
+    ("--triton-encoded", int, 0, "YOLO_TRITON_ENCODED",
+     "1: send each photo's own file bytes (IMAGE_BYTES, decoded on the server), as a remote client does"),
 )
 
 
@@ -102,7 +104,8 @@ class TritonGrpcUser(User):
         self.client = _Client(opts.triton_url)
         _CLIENTS.add(self.client)
         # per-user request tensors, built once: a load test measures the server, not numpy copies
-        self.requests = [(s.name, build_inputs(s.image[None])) for s in _SAMPLES]
+        self.requests = [(s.name, [encoded_input([s.data])] if opts.triton_encoded else build_inputs(s.image[None]))
+                         for s in _SAMPLES]
         self.sizes = {s.name: s.image.shape[:2] for s in _SAMPLES}
         self.turn = id(self) % len(self.requests)  # users start on different photos
 

@@ -31,6 +31,13 @@ def pad_batch(dets: list[Detections]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return boxes, scores, classes, counts
 
 
+def merge(outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Several padded outputs (pad_batch's) as one, padded to the longest: the answer of a request
+    whose images were run as several batches (encoded images of different sizes)."""
+    return pad_batch([d for o in outputs for d in unpad(*o)])
+
+
 def postprocess_batch(
     raw: np.ndarray,
     lb: np.ndarray,

@@ -9,7 +9,8 @@ Batching choices (why the numbers are what they are):
 - Every step has `max_batch_size = spec.MAX_BATCH` and a dynamic batcher, so concurrent
   requests flow through the whole ensemble as batches.
 - IMAGE allows ragged batches: the python preprocess receives each request separately anyway,
-  so images of different sizes can share one execute() call.
+  so images of different sizes can share one execute() call. IMAGE_BYTES needs no such flag:
+  each batch item is one encoded file ([1] BYTES), whatever its size once decoded.
 - No step waits to fill a batch (no queue delay, no preferred sizes): on the CPU a batch of N
   costs about N times one image (bench-cpu measures ~5% gained at batch 4), so a delay would
   only add latency at low load; under load, requests queue while a batch runs and the next
@@ -193,7 +194,8 @@ def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelCo
             step.output_map[t.name] = t.name
         return cfg
     pre = steps.step.add(model_name=v.preprocess, model_version=-1)
-    pre.input_map[spec.IMAGE.name] = spec.IMAGE.name
+    for t in spec.IMAGE_INPUTS:  # whichever the request carries: preprocess reads (and decodes) it
+        pre.input_map[t.name] = t.name
     pre.output_map[spec.PIXELS.name] = "pixels"
     pre.output_map[spec.LETTERBOX.name] = "letterbox"
     det = steps.step.add(model_name=v.detector, model_version=-1)
@@ -202,9 +204,8 @@ def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelCo
     post = steps.step.add(model_name=v.postprocess, model_version=-1)
     post.input_map[spec.RAW.name] = "raw"
     post.input_map[spec.LETTERBOX.name] = "letterbox"
-    for t in spec.ENSEMBLE_INPUTS:
-        if t.optional:  # per-request options go straight to postprocess
-            post.input_map[t.name] = t.name
+    for t in spec.OPTIONS:  # per-request options go straight to postprocess
+        post.input_map[t.name] = t.name
     for t in spec.ENSEMBLE_OUTPUTS:
         post.output_map[t.name] = t.name
     return cfg

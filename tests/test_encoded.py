@@ -1,0 +1,305 @@
+"""IMAGE_BYTES: encoded files decoded on the server, against the raw-pixel path on the same images.
+
+Header checks run without a server (every bad-bytes class, the 20000x20000 PNG bomb); the rest
+sends real requests to the real server: the same detections as IMAGE for JPEG and PNG files of
+several sizes, mixed sizes in one request, each refusal naming the image's index while the server
+keeps serving, and the client's choice of transport. GPU decoding (nvJPEG) runs where CUDA is.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from conftest import SAMPLES, sample_images
+from tritonclient.utils import InferenceServerException
+
+from yolo_triton import spec
+from yolo_triton.client import detect, images, transport
+from yolo_triton.client.detector import OUTPUTS, DetectorClient, ServerError, encoded_input, parse_outputs
+from yolo_triton.pipeline import encoded
+from yolo_triton.pipeline.validation import InputError
+
+MODELS = (spec.ALIAS, spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble)
+BUS = cv2.imread(str(SAMPLES / "bus.jpg"))
+
+
+def encode(image: np.ndarray, ext: str, *params: int) -> bytes:
+    ok, buf = cv2.imencode(ext, image, list(params))
+    assert ok
+    return buf.tobytes()
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(w: int = 20000, h: int = 20000) -> bytes:
+    """A valid-looking PNG of a few hundred bytes whose IHDR claims w x h (one compressed row)."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (1 + 3 * 64), 9)
+    return encoded.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF APP1 segment (IFD0: one Orientation tag) right after SOI."""
+    tiff = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1,
+                                                                                  orientation, 0) + b"\0\0\0\0"
+    app1 = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+JPEG = encode(BUS, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90)
+PNG = encode(BUS, ".png")
+BAD = {  # class -> (bytes, words the refusal must contain)
+    "empty": (b"", "empty"),
+    "not-an-image": (b"hello, this is text and not a picture", "not an image"),
+    "gif": (b"GIF89a" + b"\0" * 64, "unsupported format GIF"),
+    "bmp": (encode(BUS[:32, :32], ".bmp"), "unsupported format BMP"),
+    "truncated-jpeg": (JPEG[: len(JPEG) // 2], "truncated JPEG"),
+    "truncated-png": (PNG[: len(PNG) // 2], "truncated PNG"),
+    "truncated-webp": (encode(BUS[:64, :64], ".webp")[:-40], "truncated WebP"),
+    "png-bomb": (png_bomb(), "20000x20000 exceeds the limit"),
+    "corrupt-png-data": (PNG[:100] + bytes(200) + PNG[-12:], "corrupt png"),
+}
+# A JPEG whose frame header claims 9000 x 4 (one side over MAX_IMAGE_SIDE), the rest intact.
+_SOF = JPEG.index(b"\xff\xc0")
+BAD["jpeg-over-side"] = (JPEG[: _SOF + 5] + struct.pack(">HH", 4, 9000) + JPEG[_SOF + 9 :], "9000x4 exceeds the limit")
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_every_bad_bytes_class_is_refused_by_the_header_check_naming_the_image(case):
+    data, words = BAD[case]
+    with pytest.raises(InputError) as err:
+        encoded.decode_all([JPEG, data])
+    assert f"{spec.IMAGE_BYTES.name}[1]" in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_a_png_claiming_20000x20000_is_refused_before_any_large_allocation():
+    bomb = png_bomb()
+    assert len(bomb) < 1000
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="refused before decoding"):
+            encoded.decode_all([bomb])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated for a refused header (decoding it would take 1.2 GB)"
+
+
+def test_headers_give_the_size_of_every_format():
+    image = BUS[:301, :207]
+    for ext, fmt in ((".jpg", "jpeg"), (".png", "png"), (".webp", "webp")):
+        h = encoded.read_header(encode(image, ext), 0)
+        assert (h.format, h.width, h.height) == (fmt, 207, 301)
+    lossless = encoded.read_header(encode(image, ".webp", cv2.IMWRITE_WEBP_QUALITY, 101), 0)
+    assert (lossless.format, lossless.width, lossless.height) == ("webp", 207, 301)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path, orientation):
+    """Ultralytics reads files with cv2.imread (EXIF applied): the server's decode and the client's
+    reader must give exactly that image."""
+    data = with_orientation(encode(BUS[:120, :90], ".jpg"), orientation)
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(data)
+    want = cv2.imread(str(path))
+    header = encoded.read_header(data, 0)
+    assert header.orientation == orientation
+    assert encoded.oriented_shape(header) == want.shape[:2]
+    np.testing.assert_array_equal(encoded.decode(data, header, 0), want)
+    np.testing.assert_array_equal(images.read(path), want)
+
+
+# --- against the server ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clients(server):
+    out = {m: DetectorClient(server.url, model=m, timeout_s=60) for m in MODELS}
+    yield out
+    for c in out.values():
+        c.close()
+
+
+def assert_same(got, want) -> None:
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+
+
+SIZES = ((1080, 810), (480, 640), (333, 1000), (64, 48))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_encoded_files_get_the_detections_their_decoded_pixels_get(clients, model, ext):
+    client = clients[model]
+    seen = 0
+    for h, w in SIZES:
+        data = encode(cv2.resize(BUS, (w, h), interpolation=cv2.INTER_AREA), ext)
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # what a pixel client sends
+        want = client.detect(pixels).detections
+        assert_same(client.detect_encoded(data).detections, want)
+        seen += len(want.scores)
+    assert seen > 0, "the comparison must include detections"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_one_request_of_mixed_sizes_and_formats_answers_each_as_alone(clients, model):
+    client = clients[model]
+    files = [encode(im, ext) for im, ext in zip(sample_images().values(), (".jpg", ".png") * 4)]
+    files.append((SAMPLES / "bus.jpg").read_bytes())
+    dets, _ = client.infer_encoded(files, conf=0.2)
+    assert len(dets) == len(files)
+    for data, got in zip(files, dets):
+        assert_same(got, client.detect_encoded(data, conf=0.2).detections)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bad_bytes_get_invalid_argument_naming_the_image_and_the_server_keeps_serving(server, clients, model):
+    raw = grpcclient.InferenceServerClient(server.url)
+    try:
+        for case, (data, words) in BAD.items():
+            inp = grpcclient.InferInput(spec.IMAGE_BYTES.name, [2, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[JPEG], [data]], dtype=object))
+            with pytest.raises(InferenceServerException) as err:
+                raw.infer(model, [inp], outputs=OUTPUTS)
+            message = err.value.message()
+            assert err.value.status() == "StatusCode.INVALID_ARGUMENT", (case, message)
+            assert f"{spec.IMAGE_BYTES.name}[1]" in message and words in message, (case, message)
+    finally:
+        raw.close()
+    assert_same(clients[model].detect_encoded(JPEG).detections, clients[model].detect(images.decode(JPEG)).detections)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_request_with_both_image_inputs_or_only_options_is_refused(server, model):
+    raw = grpcclient.InferenceServerClient(server.url)
+    pixels = grpcclient.InferInput(spec.IMAGE.name, [1, 8, 8, 3], "UINT8")
+    pixels.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
+    conf = grpcclient.InferInput(spec.CONF_THRESHOLD.name, [1, 1], "FP32")
+    conf.set_data_from_numpy(np.full((1, 1), 0.3, np.float32))
+    try:
+        with pytest.raises(InferenceServerException) as both:
+            raw.infer(model, [encoded_input([JPEG]), pixels])
+        assert both.value.status() == "StatusCode.INVALID_ARGUMENT" and "not both" in both.value.message()
+        for inputs in ([conf], []):
+            with pytest.raises(InferenceServerException) as neither:
+                raw.infer(model, inputs)
+            assert neither.value.status() == "StatusCode.INVALID_ARGUMENT", neither.value.message()
+    finally:
+        raw.close()
+
+
+def test_the_client_refuses_bad_files_before_sending(clients):
+    with pytest.raises(InputError, match=r"IMAGE_BYTES\[1\]: .*exceeds the limit"):
+        clients[spec.ALIAS].infer_encoded([JPEG, png_bomb()])
+
+
+# --- the client's transport ------------------------------------------------------------------------
+
+
+def test_transport_auto_sends_bytes_to_a_remote_server_and_pixels_on_this_host():
+    jpeg, raw_bmp = JPEG, encode(BUS[:16, :16], ".bmp")
+    remote = "192.0.2.7:8001"  # TEST-NET-1: never an address of this host
+    assert transport.choose("auto", remote, jpeg) == "encoded"
+    assert transport.choose("auto", remote, PNG) == "encoded"
+    assert transport.choose("auto", remote, raw_bmp) == "pixels", "a BMP is not re-encoded, pixels go"
+    assert transport.choose("auto", remote, None) == "pixels", "video frames are pixels"
+    for local in ("127.0.0.1:8001", "localhost:8001", "[::1]:8001"):
+        assert transport.choose("auto", local, jpeg) == "pixels", local
+    assert transport.choose("encoded", "127.0.0.1:8001", jpeg) == "encoded"
+    assert transport.choose("shm", remote, jpeg) == "shm"
+    with pytest.raises(InputError, match="unknown transport"):
+        transport.choose("carrier-pigeon", remote, jpeg)
+
+
+@pytest.mark.parametrize("how", ["encoded", "pixels", "shm"])
+def test_detect_cli_gives_the_same_detections_on_every_transport(server, tmp_path, how):
+    path = tmp_path / "bus.png"
+    path.write_bytes(PNG)
+    out = tmp_path / f"{how}.json"
+    assert detect.main(["--url", server.url, "--transport", how, "--json", str(out), str(path)]) == 0
+    got = json.loads(out.read_text())[0]
+    with DetectorClient(server.url, timeout_s=60) as c:
+        want = c.detect(images.read(path)).detections
+    assert (got["width"], got["height"]) == (BUS.shape[1], BUS.shape[0])
+    assert [d["class_id"] for d in got["detections"]] == want.classes.tolist()
+    np.testing.assert_allclose([d["box"] for d in got["detections"]], want.boxes, atol=0.01)
+
+
+def test_forcing_encoded_on_a_file_that_is_not_encoded_says_so(server, tmp_path, capsys):
+    path = tmp_path / "bus.bmp"
+    path.write_bytes(encode(BUS[:64, :64], ".bmp"))
+    assert detect.main(["--url", server.url, "--transport", "encoded", str(path)]) == 1
+    assert "not JPEG, PNG or WebP" in capsys.readouterr().err
+
+
+def test_server_error_type_is_unchanged_for_encoded_requests(clients):
+    """A refusal from the server reaches the caller as ServerError with the server's message."""
+    with pytest.raises(ServerError, match=r"IMAGE_BYTES\[0\]: truncated JPEG"):
+        clients[spec.ALIAS]._call(clients[spec.ALIAS].client.infer, spec.ALIAS,
+                                  [_unchecked([JPEG[:-300]])], outputs=OUTPUTS)
+
+
+def _unchecked(files: list[bytes]) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput(spec.IMAGE_BYTES.name, [len(files), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[f] for f in files], dtype=object).reshape(len(files), 1))
+    return inp
+
+
+def test_parse_outputs_of_an_encoded_request_lines_up_with_the_files(server):
+    raw = grpcclient.InferenceServerClient(server.url)
+    try:
+        result = raw.infer(spec.ALIAS, [encoded_input([JPEG, PNG])], outputs=OUTPUTS)
+    finally:
+        raw.close()
+    jpeg, png = parse_outputs(result)
+    assert len(jpeg.scores) > 0 and len(png.scores) > 0
+
+
+# --- the GPU decoders (where CUDA is) --------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU visible to torch (none here)")
+GPU_MODELS = (spec.variant("gpu").ensemble, spec.variant("gpu_fused").ensemble)
+
+
+@needs_cuda
+@pytest.mark.parametrize("orientation", [1, 6, 7])
+def test_nvjpeg_decodes_as_opencv_within_one_grey_level(orientation):
+    from yolo_triton.pipeline import torch_encoded
+
+    files = [with_orientation(encode(cv2.resize(BUS, (w, h)), ".jpg"), orientation) for h, w in SIZES]
+    files.append(PNG)
+    got = torch_encoded.decode_all(files, torch.device("cuda", 0))
+    for i, (data, t) in enumerate(zip(files, got)):
+        want = encoded.decode(data, encoded.read_header(data, i), i)
+        assert tuple(t.shape) == (1, *want.shape) and t.is_cuda
+        diff = np.abs(t[0].cpu().numpy().astype(int) - want.astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.5, (i, diff.max(), diff.mean())
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", GPU_MODELS)
+def test_served_gpu_models_give_the_raw_paths_detections_for_encoded_files(server, model):
+    from test_serving import iou_matrix
+
+    with DetectorClient(server.url, model=model, timeout_s=120) as client:
+        for data in (JPEG, PNG, (SAMPLES / "bus.jpg").read_bytes()):
+            want = client.detect(images.decode(data)).detections
+            got = client.detect_encoded(data).detections
+            assert len(got.scores) == len(want.scores) > 0
+            np.testing.assert_array_equal(got.classes, want.classes)
+            assert np.diag(iou_matrix(got.boxes, want.boxes)).min() >= 0.99
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-2)
+        with pytest.raises(ServerError, match=r"IMAGE_BYTES\[1\]: .*exceeds the limit"):
+            client._call(client.client.infer, model, [_unchecked([JPEG, png_bomb()])], outputs=OUTPUTS)

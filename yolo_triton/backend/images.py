@@ -1,0 +1,75 @@
+"""A request's images, from whichever of IMAGE (pixels) and IMAGE_BYTES (encoded files) it carries.
+
+A request sends its images once: both inputs, or neither, is an InputError saying so. Pixels come
+as one batch of one size; encoded files decode to images of any sizes, so a request's images are
+handed on as "pieces" (batches of one size: the pixel batch, or one decoded image each), which the
+stage objects take like requests. `flatten` and `regroup` cut a batch of requests into pieces and
+join the pieces' answers back into one response per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from yolo_triton import spec
+from yolo_triton.pipeline import encoded
+from yolo_triton.pipeline.postprocess import merge
+from yolo_triton.pipeline.protocol import Outputs
+from yolo_triton.pipeline.validation import InputError, check_images
+
+T = TypeVar("T")
+
+
+def image_input(pb_utils: ModuleType, request: Any) -> tuple[spec.TensorSpec, Any]:  # noqa: ANN401
+    """(IMAGE or IMAGE_BYTES, its pb_utils.Tensor): the one image input the request carries."""
+    sent = [(t, x) for t in spec.IMAGE_INPUTS if (x := pb_utils.get_input_tensor_by_name(request, t.name)) is not None]
+    if len(sent) == 1:
+        return sent[0]
+    if sent:
+        raise InputError(f"send the images once: {spec.IMAGE.name} (decoded pixels) or "
+                         f"{spec.IMAGE_BYTES.name} (encoded files), not both")
+    raise InputError(f"no images: send {spec.IMAGE.name} (decoded BGR uint8 pixels, [batch, height, width, 3]) "
+                     f"or {spec.IMAGE_BYTES.name} (one encoded JPEG/PNG/WebP file per image, [batch, 1] BYTES)")
+
+
+def host_pieces(pb_utils: ModuleType, request: Any) -> list[np.ndarray]:  # noqa: ANN401
+    """A request's images on the host (the CPU models): its pixel batch, or each file decoded by OpenCV."""
+    t, tensor = image_input(pb_utils, request)
+    if t is spec.IMAGE:
+        return [check_images(tensor.as_numpy())]
+    return [image[None] for image in encoded.decode_all(encoded.images_of(tensor.as_numpy()))]
+
+
+def count(pieces: Sequence[Any]) -> int:
+    """Images in a request's pieces (NHWC arrays or tensors)."""
+    return sum(int(p.shape[0]) for p in pieces)
+
+
+def flatten(per_request: Sequence[Sequence[T]]) -> tuple[list[T], list[int]]:
+    """Every request's pieces in one list, and how many each request has."""
+    return [p for pieces in per_request for p in pieces], [len(pieces) for pieces in per_request]
+
+
+def cut(values: Sequence[T], pieces: Sequence[Any]) -> list[list[T]]:
+    """A request's per-image values (its limits, its flags) cut as its pieces cut its images."""
+    out, start = [], 0
+    for p in pieces:
+        out.append(list(values[start : start + int(p.shape[0])]))
+        start += int(p.shape[0])
+    return out
+
+
+def regroup(results: Sequence[Outputs | InputError], counts: Sequence[int]) -> list[Outputs | InputError]:
+    """The pieces' answers joined into one per request (the first refusal of a request refuses it)."""
+    out: list[Outputs | InputError] = []
+    start = 0
+    for n in counts:
+        mine = results[start : start + n]
+        start += n
+        error = next((r for r in mine if isinstance(r, InputError)), None)
+        out.append(error if error is not None else (mine[0] if n == 1 else merge(mine)))
+    return out

@@ -1,0 +1,250 @@
+"""Encoded images (IMAGE_BYTES): format, dimensions and orientation from the header, then decoding.
+
+The header is read before anything is decoded, so a decompression bomb (a small file whose header
+claims 20000x20000 pixels) is refused under the same pixel limits as IMAGE without allocating its
+pixels. Decoders are lenient where a request must not be: OpenCV fills a truncated JPEG with grey
+and only logs a warning, so truncation is detected here from the file's structure (no EOI marker
+after the scan, no IEND chunk, a RIFF size past the end) and refused.
+
+EXIF orientation (JPEG, tag 0x0112) is applied as Ultralytics applies it: its predictor reads files
+with cv2.imread, which rotates by EXIF. Boxes are in the pixels of the image as displayed (after
+rotation); the client's own reader (client.images) does the same, so pixels and bytes agree.
+The orientation is applied here, not by the decoder, so that the CPU (OpenCV) and GPU (nvJPEG)
+decoders, which differ in what they do with EXIF, give the same image.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from yolo_triton import spec
+from yolo_triton.pipeline.validation import InputError
+
+NAME = spec.IMAGE_BYTES.name
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Magic numbers of formats that are images but not decoded here, for a message that says so.
+_OTHER_FORMATS = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"), (b"MM\0*", "TIFF"),
+                  (b"\0\0\0\x0cjP  ", "JPEG 2000"), (b"qoif", "QOI"), (b"\0\0\1\0", "ICO"))
+# JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC).
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_NVJPEG_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman: what nvJPEG decodes
+# EXIF orientation -> (transpose first, then flip rows, flip columns): all eight as one table.
+ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
+    1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
+    5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False),
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the file says about itself, read without decoding it."""
+
+    format: str  # one of spec.ENCODED_FORMATS
+    width: int  # as stored (before the EXIF orientation)
+    height: int
+    orientation: int = 1  # EXIF orientation, 1..8 (1: as stored)
+    nvjpeg: bool = False  # a JPEG that nvJPEG decodes (8-bit Huffman baseline/progressive, 1 or 3 channels)
+
+
+def refuse(index: int, why: str) -> InputError:
+    return InputError(f"{NAME}[{index}]: {why}")
+
+
+def images_of(array: object) -> list[bytes]:
+    """The encoded files of one request's IMAGE_BYTES tensor ([batch, 1] of BYTES), bounds checked."""
+    if not isinstance(array, np.ndarray) or array.dtype != object:
+        raise InputError(f"{NAME}: expected BYTES elements (one encoded file each), got {type(array).__name__}")
+    if array.ndim != 2 or array.shape[1] != 1:
+        raise InputError(f"{NAME}: expected shape [batch, 1] (one encoded file per image), got {list(array.shape)}")
+    if array.shape[0] < 1:
+        raise InputError(f"{NAME}: empty batch")
+    if array.shape[0] > spec.MAX_BATCH:
+        raise InputError(f"{NAME}: batch of {array.shape[0]} exceeds the limit of {spec.MAX_BATCH}")
+    return [bytes(x) for x in array[:, 0]]
+
+
+def read_header(data: bytes, index: int) -> Header:
+    """Format and dimensions from the first bytes; InputError naming the image for anything that is
+    not a complete JPEG/PNG/WebP within the IMAGE limits."""
+    if not data:
+        raise refuse(index, "empty (0 bytes); expected an encoded JPEG, PNG or WebP file")
+    if len(data) > spec.MAX_ENCODED_BYTES:
+        raise refuse(index, f"{len(data)} bytes exceed the limit of {spec.MAX_ENCODED_BYTES} bytes per encoded image")
+    if data[:3] == b"\xff\xd8\xff":
+        header = _jpeg(data, index)
+    elif data[:8] == PNG_SIGNATURE:
+        header = _png(data, index)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        header = _webp(data, index)
+    else:
+        other = next((name for magic, name in _OTHER_FORMATS if data.startswith(magic)), "")
+        if not other and data[4:8] == b"ftyp":
+            other = "HEIF/AVIF"
+        if other:
+            raise refuse(index, f"unsupported format {other}; send JPEG, PNG or WebP")
+        raise refuse(index, f"not an image (starts with {data[:8].hex(' ')}); send an encoded JPEG, PNG or WebP file")
+    if header.width < 1 or header.height < 1:
+        raise refuse(index, f"{header.format} header gives zero size {header.width}x{header.height}")
+    w, h = header.width, header.height
+    if max(w, h) > spec.MAX_IMAGE_SIDE or w * h > spec.MAX_IMAGE_PIXELS:
+        raise refuse(index, f"{header.format} of {w}x{h} exceeds the limit ({spec.MAX_IMAGE_SIDE} px per side, "
+                            f"{spec.MAX_IMAGE_PIXELS} px in all); refused before decoding")
+    return header
+
+
+def _truncated(index: int, fmt: str, what: str) -> InputError:
+    return refuse(index, f"truncated {fmt} ({what}); send the whole file")
+
+
+def _jpeg(data: bytes, index: int) -> Header:
+    """Walk the marker segments up to the first scan: SOFn gives the size, APP1 the orientation."""
+    pos, size, orientation, nvjpeg = 2, None, 1, False
+    while True:
+        while pos < len(data) and data[pos] == 0xFF and pos + 1 < len(data) and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 4 > len(data):
+            raise _truncated(index, "JPEG", "ends inside its headers")
+        if data[pos] != 0xFF:
+            raise refuse(index, f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        body = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(body) < length - 2:
+            raise _truncated(index, "JPEG", f"segment FF{marker:02X} at byte {pos} runs past the end")
+        if marker in _SOF and size is None:
+            if len(body) < 6:
+                raise refuse(index, "corrupt JPEG: short frame header")
+            bits, h, w, channels = body[0], *struct.unpack_from(">HH", body, 1), body[5]
+            if h == 0:
+                raise refuse(index, "unsupported JPEG: height given by a DNL marker")
+            size = (w, h)
+            nvjpeg = marker in _NVJPEG_SOF and bits == 8 and channels in (1, 3)
+        elif marker == 0xE1 and body.startswith(b"Exif\0\0"):
+            orientation = _exif_orientation(body[6:])
+        elif marker == 0xDA:  # start of scan: the header is over
+            break
+        elif marker == 0xD9:
+            raise refuse(index, "corrupt JPEG: end of image before any scan")
+        pos += 2 + length
+    if size is None:
+        raise refuse(index, "corrupt JPEG: no frame header (SOFn) before the scan")
+    # Entropy-coded data never holds FF D9 (FF is stuffed as FF 00): an EOI after the scan's start
+    # is the file's end, and without one the file was cut (embedded thumbnails sit before the scan).
+    if data.rfind(b"\xff\xd9", pos) < 0:
+        raise _truncated(index, "JPEG", "no end-of-image marker after the scan")
+    return Header("jpeg", size[0], size[1], orientation, nvjpeg)
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """EXIF tag 0x0112 of IFD0 (1 when absent or malformed: the image is shown as stored)."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if tiff[:2] == b"II" else ">"
+    ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+    if ifd + 2 > len(tiff):
+        return 1
+    count = struct.unpack_from(order + "H", tiff, ifd)[0]
+    for k in range(count):
+        at = ifd + 2 + 12 * k
+        if at + 12 > len(tiff):
+            return 1
+        tag, kind = struct.unpack_from(order + "HH", tiff, at)
+        if tag == 0x0112 and kind == 3:  # SHORT
+            value = struct.unpack_from(order + "H", tiff, at + 8)[0]
+            return value if value in ORIENTATIONS else 1
+    return 1
+
+
+def _png(data: bytes, index: int) -> Header:
+    if len(data) < 33:
+        raise _truncated(index, "PNG", "ends inside its header")
+    if data[12:16] != b"IHDR":
+        raise refuse(index, "corrupt PNG: first chunk is not IHDR")
+    w, h = struct.unpack_from(">II", data, 16)
+    if data.rfind(b"IEND", 33) < 0:
+        raise _truncated(index, "PNG", "no IEND chunk")
+    return Header("png", w, h)
+
+
+def _webp(data: bytes, index: int) -> Header:
+    riff = struct.unpack_from("<I", data, 4)[0]
+    if len(data) < 8 + riff:
+        raise _truncated(index, "WebP", f"{len(data)} of the {8 + riff} bytes its RIFF header announces")
+    if len(data) < 30:
+        raise _truncated(index, "WebP", "ends inside its header")
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise refuse(index, "corrupt WebP: bad VP8 start code")
+        w, h = (v & 0x3FFF for v in struct.unpack_from("<HH", data, 26))
+    elif chunk == b"VP8L":
+        if data[20] != 0x2F:
+            raise refuse(index, "corrupt WebP: bad VP8L signature")
+        bits = struct.unpack_from("<I", data, 21)[0]
+        w, h = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8X":
+        if data[20] & 0x02:
+            raise refuse(index, "unsupported format: animated WebP; send one still frame")
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+    else:
+        raise refuse(index, f"corrupt WebP: unknown chunk {chunk!r}")
+    return Header("webp", w, h)
+
+
+def orientation_of(data: bytes) -> int:
+    """The EXIF orientation of a file a client read (1 for anything without one, or not a JPEG)."""
+    try:
+        return read_header(data, 0).orientation if data[:3] == b"\xff\xd8\xff" else 1
+    except InputError:
+        return 1
+
+
+def oriented_shape(header: Header) -> tuple[int, int]:
+    """(height, width) of the image once its EXIF orientation is applied."""
+    transpose = ORIENTATIONS[header.orientation][0]
+    return (header.width, header.height) if transpose else (header.height, header.width)
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """An HWC image as EXIF orientation `orientation` says it is displayed (a contiguous copy when
+    it changes anything)."""
+    transpose, flip_rows, flip_cols = ORIENTATIONS[orientation]
+    if transpose:
+        image = image.swapaxes(0, 1)
+    if flip_rows:
+        image = image[::-1]
+    if flip_cols:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image) if orientation != 1 else image
+
+
+def decode(data: bytes, header: Header, index: int) -> np.ndarray:
+    """One checked file -> BGR uint8 (H, W, 3), oriented. OpenCV's own EXIF handling is switched off
+    (IMREAD_IGNORE_ORIENTATION): `orient` applies it, the same way on every decoder."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise refuse(index, f"corrupt {header.format}: the decoder could not read it")
+    check_decoded(image.shape[:2], header, index)
+    return orient(image, header.orientation)
+
+
+def check_decoded(hw: Sequence[int], header: Header, index: int) -> None:
+    """The decoder must give what the header (which the limits were checked on) announced."""
+    if (int(hw[0]), int(hw[1])) != (header.height, header.width):
+        raise refuse(index, f"corrupt {header.format}: header says {header.width}x{header.height}, "
+                            f"data decodes to {hw[1]}x{hw[0]}")
+
+
+def decode_all(files: Sequence[bytes]) -> list[np.ndarray]:
+    """Every file of a request, headers first (all are checked before any is decoded)."""
+    headers = [read_header(f, i) for i, f in enumerate(files)]
+    return [decode(f, h, i) for i, (f, h) in enumerate(zip(files, headers))]
