@@ -254,7 +254,7 @@ def test_gpu_pipeline_finish_answers_the_kept_requests_as_in_the_full_batch():
     limits = [[(0.25, 0.7, 300)], [(0.1, 0.5, 5)] * 2, [(0.3, 0.7, 300)], [(0.2, 0.6, 7)] * 3]
     multi = [[False], [True, False], [False], [False, True, False]]
     pipeline = GpuPipeline.__new__(GpuPipeline)  # no network, no graphs: finish only reads the output
-    pipeline.times, pipeline.eager_fallbacks = None, 0
+    pipeline.times, pipeline.eager_fallbacks, pipeline.nms = None, 0, None  # NMS eagerly, as on CPU tensors
 
     def started() -> Started:
         return Started(rows, torch.from_numpy(raws), sizes, 0.0)
@@ -287,7 +287,7 @@ def test_gpu_pipeline_answers_a_non_finite_replay_from_the_eager_network():
     rows = np.stack([geometry.plan(1080, 810, 320).as_array()] * 2)
     limits, multi = [[(0.25, 0.7, 300)], [(0.1, 0.5, 5)]], [[False], [False]]
     pipeline = GpuPipeline.__new__(GpuPipeline)
-    pipeline.times, pipeline.eager_fallbacks = None, 0
+    pipeline.times, pipeline.eager_fallbacks, pipeline.nms = None, 0, None  # NMS eagerly, as on CPU tensors
     pipeline.net = SimpleNamespace(static_in=torch.zeros((4, 3, 320, 320), dtype=torch.float16))
     pipeline.eager = lambda x: raws[: x.shape[0]].half()  # what the network computes for static_in
     want = pipeline.finish(Started(rows, raws.half().float(), [1, 1], 0.0), limits, multi)

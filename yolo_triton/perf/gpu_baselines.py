@@ -19,25 +19,27 @@ from yolo_triton import spec
 
 
 def ultralytics_predict(weights: str, image: np.ndarray, imgsz: int, runs: int) -> dict:
-    """Median wall time of predict() on one image, FP16 on GPU 0, after warm-up."""
+    """Median wall time of predict() on one image, FP16 on GPU 0, after warm-up, and its box count."""
     import torch
 
     from yolo_triton.repository import export
 
     model = export.load(weights)  # seeded for a .yaml: the same weights the repository was built from
 
-    def once() -> None:
-        model.predict(image, imgsz=imgsz, quantize=16, device=0, verbose=False)  # = half=True (deprecated name)
+    def once() -> int:
+        result = model.predict(image, imgsz=imgsz, quantize=16, device=0, verbose=False)  # = half=True
         torch.cuda.synchronize()
+        return len(result[0].boxes)
 
     for _ in range(10):
-        once()
+        boxes = once()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         once()
         times.append((time.perf_counter() - t) * 1e3)
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": runs,
+            "boxes": boxes}
 
 
 def raw_network(artefact: Path, imgsz: int, runs: int) -> dict:

@@ -1,12 +1,14 @@
-"""The GPU pipeline in one call: letterbox, FP16 network from CUDA graphs, decode + batched NMS.
+"""The GPU pipeline in one call: letterbox, FP16 network and NMS, each replayed from CUDA graphs.
 
 This is what the fused model `yolov8n_gpu_fused` runs in a single execute(). The steps are the
-ensemble's own functions (`torch_letterbox.letterbox_many`, `GraphedNetwork`, `torch_decode.postprocess_batch`);
-what fusing removes is the glue between them: two Triton<->stub hops with their copies and
-synchronisations, two ensemble steps, and the FP32 network input, because images are letterboxed
-straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is mostly kernel
-launches and host synchronisations, so the letterbox of a repeated frame size replays from a graph
-of its own, and the cast, best-class and finiteness check after the network run inside its graph.
+staged ensemble's own functions (`torch_letterbox.letterbox_many`, `GraphedNetwork`,
+`torch_nms.fixed_nms`); what fusing removes is the glue between them: two Triton<->stub hops with
+their copies and synchronisations, two ensemble steps, and the FP32 network input, because images
+are letterboxed straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is
+kernel launches and host synchronisations, so each step replays from a graph: the letterbox of a
+repeated frame size (`LetterboxGraphs`), the network with its cast, best class and finiteness
+check (`GraphedNetwork`), and decode + exact NMS + the map back to the image in fixed-size
+buffers (`torch_nms.GraphedNms`). The host waits once, for the kept boxes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network
-from yolo_triton.pipeline.nms import Detections
+from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network, torch_nms
 from yolo_triton.pipeline.postprocess import pad_batch
 
 Limits = list[tuple[float, float, int]]
@@ -63,11 +64,13 @@ class GpuPipeline:
             torch_decode.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
             torch_decode.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
             torch_decode.postprocess_batch(raw, rows, [(0.25, 0.7, 300)] * 2, [False, False])
+            torch_nms.postprocess_batch(noisy, rows, [(0.0, 0.6, 10), (0.5, 0.7, 20)], [True, False])
         self.eager = net
         fast, self.network_note = torch_network.compile_network(net, imgsz, compile_net)
         self.net = torch_network.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
+        self.nms: torch_nms.GraphedNms | None = torch_nms.GraphedNms(self.net.static_tail, device)  # None: eager
         self.letterbox = torch_letterbox.LetterboxGraphs(imgsz, self.net.static_in)
         # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
         # NMS synchronises anyway, and the event says when the copy has landed.
@@ -155,21 +158,35 @@ class GpuPipeline:
         self, raw: torch.Tensor, best: tuple[torch.Tensor, torch.Tensor] | None, run: Started,
         limits: Sequence[Limits], multi: Sequence[list[bool]], keep: Sequence[int] | None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        rows, sizes = run.rows, run.sizes
-        if keep is not None and len(keep) < len(sizes):  # requests refused after start: drop their images
-            offsets = np.cumsum([0, *sizes])
-            index = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in keep]).astype(np.int64)
-            rows, sizes = rows[index], [sizes[k] for k in keep]
-            on_device = torch.from_numpy(index).to(raw.device)
-            raw = raw[on_device]
-            best = None if best is None else (best[0][on_device], best[1][on_device])
+        """NMS for the kept requests: from the bucket's NMS graph on the last replay's output, or,
+        with MULTI_LABEL (wider candidates) or an eager network output, `torch_nms` eagerly."""
+        sizes = run.sizes
+        keep = list(range(len(sizes))) if keep is None else list(keep)
+        offsets = np.cumsum([0, *sizes])
+        index = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in keep]).astype(np.int64)
         flat_limits = [x for per in limits for x in per]
         flat_multi = [x for per in multi for x in per]
-        dets: list[Detections] = torch_decode.postprocess_batch(raw, rows, flat_limits, flat_multi, best)
+        rows = run.rows[index]
+        if self.nms is not None and best is not None and not any(flat_multi):
+            # Every started image goes through the graph (a refused request's images get
+            # options that leave no candidates); only the kept ones are read back.
+            options = np.zeros((len(run.rows), torch_nms.OPTIONS), np.float32)
+            options[:, 0] = 1.0
+            options[index] = [torch_nms.options_row(lim, row) for lim, row in zip(flat_limits, rows)]
+            got, counts, exact = self.nms(options)
+            dets = torch_nms.to_detections(got[index], counts[index])
+            if not exact[index].all():  # more candidates than the graph holds, or unsettled: exactly, eagerly
+                on_device = torch.from_numpy(index).to(raw.device)
+                dets = torch_nms.redo_inexact(dets, exact[index], raw[on_device], rows, flat_limits, None,
+                                              (best[0][on_device], best[1][on_device]))
+        else:
+            on_device = torch.from_numpy(index).to(raw.device)
+            picked = None if best is None else (best[0][on_device], best[1][on_device])
+            dets = torch_nms.postprocess_batch(raw[on_device], rows, flat_limits, flat_multi, picked)
         out, start = [], 0
-        for n in sizes:
-            out.append(pad_batch(dets[start : start + n]))
-            start += n
+        for k in keep:
+            out.append(pad_batch(dets[start : start + sizes[k]]))
+            start += sizes[k]
         return out
 
     def __call__(

@@ -1,0 +1,170 @@
+"""The GPU's fixed-size NMS (pipeline.torch_nms) against the dynamic path it replaces, bit for bit.
+
+`torch_decode` is itself held to `nms.decode`, the NumPy definition, and through it to
+Ultralytics and torchvision (tests/test_gpu.py, tests/test_nms.py). These run on CPU tensors, so
+CI guards the GPU math; tests/test_gpu.py repeats the crowded case on CUDA where there is one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from yolo_triton.pipeline import geometry, torch_decode, torch_nms
+from yolo_triton.pipeline.nms import Detections
+
+SIZES = ((1080, 810), (100, 1500), (640, 640), (33, 47))
+
+
+def raw_batch(seed: int, n: int, nc: int = 80, anchors: int = 8400, size: int = 640, clusters: int = 40,
+              share: float = 0.06) -> np.ndarray:
+    """Crowded detector-like output: boxes around many objects, overlapping chains of candidates.
+
+    Every score is below 0.2 but a `share` of the anchors, which get one class in [0.2, 1): a
+    few hundred candidates at CONF 0.25 (bus.jpg with the crowded checkpoint has 179)."""
+    rng = np.random.default_rng(seed)
+    raw = np.zeros((n, 4 + nc, anchors), np.float32)
+    for i in range(n):
+        centers = rng.uniform(0, size, (clusters, 2))
+        k = rng.integers(0, clusters, anchors)
+        raw[i, 0] = centers[k, 0] + rng.normal(0, 8, anchors)
+        raw[i, 1] = centers[k, 1] + rng.normal(0, 8, anchors)
+        raw[i, 2:4] = rng.uniform(10, 160, (2, anchors))
+        raw[i, 4:] = 0.2 * rng.random((nc, anchors)).astype(np.float32) ** 4
+        hot = np.flatnonzero(rng.random(anchors) < share)
+        raw[i, 4 + rng.integers(0, nc, hot.size), hot] = rng.uniform(0.2, 1, hot.size)
+    return raw
+
+
+def rows_for(n: int, size: int = 640) -> np.ndarray:
+    return np.stack([geometry.plan(*SIZES[i % len(SIZES)], size).as_array() for i in range(n)])
+
+
+def assert_identical(got: list[Detections], want: list[Detections]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert np.array_equal(g.classes, w.classes)
+        assert np.array_equal(g.scores, w.scores)
+        assert np.array_equal(g.boxes, w.boxes)
+
+
+def both(raw: np.ndarray, limits: list[tuple[float, float, int]], multi: list[bool] | None = None,
+         k: int = torch_nms.CANDIDATES) -> tuple[list[Detections], list[Detections]]:
+    t = torch.from_numpy(raw)
+    rows = rows_for(len(raw))
+    return (torch_nms.postprocess_batch(t, rows, limits, multi, k=k),
+            torch_decode.postprocess_batch(t, rows, limits, multi))
+
+
+def fixed(raw: np.ndarray, limits: list[tuple[float, float, int]], k: int = torch_nms.CANDIDATES,
+          iterations: int = torch_nms.ITERATIONS) -> torch_nms.Fixed:
+    conf, iou, max_det = (torch.tensor(v) for v in zip(*limits))
+    return torch_nms.fixed_nms(torch.from_numpy(raw), None, conf.float(), iou.float(), max_det.long(),
+                               torch.from_numpy(rows_for(len(raw))), None, k, iterations)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_per_image_thresholds_equal_the_dynamic_path(seed):
+    raw = raw_batch(seed, 4)
+    limits = [(0.25, 0.7, 300), (0.3, 0.5, 20), (0.4, 0.45, 300), (0.95, 0.7, 300)]
+    out = fixed(raw, limits)
+    assert bool(out.exact.all()), "every image must take the fixed path here"
+    got, want = both(raw, limits)
+    assert_identical(got, want)
+    assert sum(len(d.scores) for d in want) > 100, "the case must exercise NMS"
+    assert len(want[1].scores) == 20, "max_det must cut"
+
+
+def test_ties_keep_anchor_order():
+    """Equal scores on overlapping boxes: which one survives depends on the tie order."""
+    raw = raw_batch(7, 2, nc=3, anchors=2100, clusters=6)
+    raw[:, 4:] = np.round(raw[:, 4:] * 8) / 8  # a few distinct scores: ties everywhere
+    limits = [(0.2, 0.6, 300), (0.3, 0.7, 300)]
+    assert bool(fixed(raw, limits).exact.all())
+    got, want = both(raw, limits)
+    assert_identical(got, want)
+    assert len(np.unique(want[0].scores)) < len(want[0].scores), "ties must be present"
+
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False)], ids=["all-multi", "mixed"])
+def test_multi_label_equals_the_dynamic_path(flags):
+    raw = raw_batch(11, 2, nc=3, anchors=2100, clusters=8)
+    raw[:, 4:] = raw[:, 4:] ** 0.5  # several classes above threshold per anchor
+    limits = [(0.4, 0.6, 300), (0.42, 0.7, 100)]
+    got, want = both(raw, limits, list(flags))
+    assert_identical(got, want)
+
+
+def test_too_many_candidates_go_to_the_dynamic_path():
+    """Past k candidates the image is flagged and answered exactly, never truncated."""
+    raw = raw_batch(3, 2)
+    limits = [(0.0005, 0.7, 300), (0.25, 0.7, 300)]
+    out = fixed(raw, limits, k=768)
+    assert out.exact.tolist() == [False, True]
+    got, want = both(raw, limits, k=768)
+    assert_identical(got, want)
+
+
+def test_unsettled_passes_are_flagged_and_answered_exactly():
+    """A chain of boxes, each suppressing the next: greedy keeps every other one, which takes one
+    pass per link; with fewer passes the image is flagged, and the answer is still exact."""
+    n = 40
+    raw = np.zeros((1, 5, 64), np.float32)
+    raw[0, 0, :n] = 100 + 10 * np.arange(n)  # centres 10 px apart, width 40: IoU 0.6 with the next one
+    raw[0, 1, :n], raw[0, 2, :n], raw[0, 3, :n] = 100, 40, 40
+    raw[0, 4, :n] = np.linspace(0.9, 0.5, n)
+    limits = [(0.25, 0.5, 300)]
+    assert fixed(raw, limits, iterations=4).exact.tolist() == [False]
+    assert fixed(raw, limits, iterations=n).exact.tolist() == [True]
+    got, want = both(raw, limits)
+    assert_identical(got, want)
+    assert len(want[0].scores) == n // 2
+
+
+def test_empty_and_single_candidate_images():
+    raw = raw_batch(5, 3, nc=3, anchors=2100)
+    limits = [(1.0, 0.7, 300), (0.9999, 0.7, 300), (0.3, 0.7, 0)]
+    got, want = both(raw, limits)
+    assert_identical(got, want)
+    assert len(got[0].scores) == 0 and got[0].boxes.shape == (0, 4) and len(got[2].scores) == 0
+
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU visible to torch (none here)")
+
+
+@needs_cuda
+def test_on_cuda_equals_the_dynamic_path():
+    raw = raw_batch(21, 8)
+    limits = [(0.25, 0.7, 300), (0.3, 0.5, 20), (0.4, 0.45, 300), (0.95, 0.7, 300)] * 2
+    t = torch.from_numpy(raw).cuda()
+    rows = rows_for(len(raw))
+    assert_identical(torch_nms.postprocess_batch(t, rows, limits), torch_decode.postprocess_batch(t, rows, limits))
+    multi = [True, False] * 4
+    assert_identical(torch_nms.postprocess_batch(t, rows, limits, multi),
+                     torch_decode.postprocess_batch(t, rows, limits, multi))
+
+
+@needs_cuda
+def test_graphed_nms_replays_what_the_eager_nms_computes():
+    """Replays read the network graph's static buffers as they are at the replay, and give the
+    eager `fixed_nms` rows for the images asked about."""
+    from yolo_triton.pipeline import torch_network
+
+    device = torch.device("cuda", 0)
+    static = {b: torch_network.network_tail(torch.zeros((b, 84, 8400), device=device)) for b in (1, 4)}
+    graphed = torch_nms.GraphedNms(static, device)
+    limits = [(0.25, 0.7, 300), (0.3, 0.5, 20), (0.95, 0.7, 300)]
+    for seed in (1, 2):  # new values in the same buffers, as each network replay leaves them
+        raw = torch.from_numpy(raw_batch(seed, 4)).to(device)
+        tail = torch_network.network_tail(raw)
+        for field in ("raw", "scores", "classes"):
+            getattr(static[4], field).copy_(getattr(tail, field))
+        rows = rows_for(3)
+        options = np.array([torch_nms.options_row(lim, row) for lim, row in zip(limits, rows)], np.float32)
+        got, counts, exact = graphed(options)
+        assert exact.all()
+        want = torch_decode.postprocess_batch(raw[:3], rows, limits)
+        assert_identical(torch_nms.to_detections(got, counts), want)
+        assert sum(len(d.scores) for d in want) > 100
