@@ -1,10 +1,12 @@
 """Detect objects in images through the Triton ensemble over gRPC.
 
     yolo-triton detect [--url HOST:PORT] [--model NAME] [--conf X] [--iou X]
-                             [--json FILE] [--save-dir DIR] INPUT...
+                             [--json FILE] [--save-dir DIR [--save-video]] INPUT...
 
 INPUT: image files, folders of images, or video files (one result per frame).
-Prints one line per image; boxes are in original-image pixels.
+Prints one line per image; boxes are in original-image pixels. A missing path, an empty folder
+or an unreadable file is reported and skipped (exit 1 at the end); nothing to read at all, or a
+server that cannot be reached, ends the run at once (exit 2). Every error line names the fix.
 """
 
 from __future__ import annotations
@@ -17,43 +19,76 @@ from pathlib import Path
 import cv2
 
 from yolo_triton import spec
-from yolo_triton.client import images
+from yolo_triton.client import endpoint, images, saving
 from yolo_triton.client.detector import DetectorClient, ServerError, detections_json
 from yolo_triton.client.draw import annotate
 from yolo_triton.pipeline.validation import InputError
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT")
-    ap.add_argument("--url", default="127.0.0.1:8001")
-    ap.add_argument("--model", default=spec.ALIAS)
+    ap.add_argument("--url", default=f"127.0.0.1:{endpoint.DEFAULT_GRPC_PORT}",
+                    help="the server's gRPC endpoint: HOST:PORT or grpc://HOST:PORT[/MODEL]")
+    ap.add_argument("--model", default=None, help=f"served ensemble (default: the URL's, else {spec.ALIAS})")
     ap.add_argument("--conf", type=float, default=None,
                     help=f"confidence threshold (server default {spec.DEFAULT_CONF})")
     ap.add_argument("--iou", type=float, default=None, help=f"NMS IoU threshold (server default {spec.DEFAULT_IOU})")
     ap.add_argument("--max-det", type=int, default=None, help=f"max detections (server default {spec.DEFAULT_MAX_DET})")
     ap.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
-    ap.add_argument("--save-dir", type=Path, default=None, help="write annotated images here")
+    ap.add_argument("--save-dir", type=Path, default=None,
+                    help="write annotated images here (video frames as <stem>_<frame>.jpg)")
+    ap.add_argument("--save-video", action="store_true",
+                    help="with --save-dir, also write each video annotated as <stem>_annotated.mp4")
     ap.add_argument("--timeout", type=float, default=30.0, help="deadline per request, seconds")
-    args = ap.parse_args(argv)
+    return ap
 
-    results, failures = [], 0
+
+def _unreachable(client: DetectorClient, e: ServerError) -> str:
+    """Why the model cannot be used, with the fix."""
+    message = str(e)
+    if endpoint.looks_like_wrong_port(message):
+        return endpoint.wrong_port_hint(client.url)
+    if e.status == "StatusCode.NOT_FOUND" or "unknown model" in message.lower():
+        try:
+            ready = client.ready_models()
+        except ServerError:
+            ready = []
+        return (f"no model {client.model!r} at {client.url}; ready there: {', '.join(ready) or '(none)'}: "
+                "pass one of them with --model")
+    return f"cannot reach model {client.model!r} at {client.url}: {message}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.save_video and not args.save_dir:
+        ap.error("--save-video needs --save-dir (where the video goes)")
     try:
-        paths = images.expand(args.inputs)
+        target = endpoint.parse(args.url)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with DetectorClient(args.url, args.model, timeout_s=args.timeout) as client:
+    paths, problems = images.expand_each(args.inputs)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not paths:
+        print("error: nothing to detect on: give image files, video files or folders holding them", file=sys.stderr)
+        return 2
+    results, failures = [], len(problems)
+    model = args.model or target.model or spec.ALIAS
+    with DetectorClient(target.address, model, timeout_s=args.timeout) as client:
         try:
             names = client.names
         except ServerError as e:
-            print(f"error: cannot reach model {args.model!r} at {args.url}: {e}", file=sys.stderr)
+            print(f"error: {_unreachable(client, e)}", file=sys.stderr)
             return 2
         if args.save_dir:
             args.save_dir.mkdir(parents=True, exist_ok=True)
         for path in paths:
+            video = saving.video_for(args.save_dir, path, args.save_video)
             try:
-                for name, image in images.frames(path):
+                for name, image, index in images.frames(path):
                     r = client.detect(image, args.conf, args.iou, args.max_det)
                     dets = detections_json(r.detections, names)
                     h, w = image.shape[:2]
@@ -64,11 +99,19 @@ def main(argv: list[str] | None = None) -> int:
                     results.append({"image": name, "width": w, "height": h, "detections": dets,
                                     "latency_ms": round(r.latency_ms, 3)})
                     if args.save_dir:
-                        out = args.save_dir / (Path(name.replace("#", "_")).stem + ".jpg")
-                        cv2.imwrite(str(out), annotate(image, r.detections, names))
-            except (InputError, ServerError) as e:
+                        annotated = annotate(image, r.detections, names)
+                        cv2.imwrite(str(saving.frame_path(args.save_dir, path, index)), annotated)
+                        if video is not None:
+                            video.write(annotated)
+            except InputError as e:  # its message names the file
                 failures += 1
-                print(f"{path}: error: {e}", file=sys.stderr)
+                print(f"error: {e}", file=sys.stderr)
+            except ServerError as e:
+                failures += 1
+                print(f"error: {path}: {e}", file=sys.stderr)
+            finally:
+                if video is not None:
+                    video.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
