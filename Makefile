@@ -4,26 +4,37 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 # Every target below is one subcommand of the project's console command (yolo-triton --help).
 YT := .venv/bin/yolo-triton
-WEIGHTS ?= yolov8n.pt
-IMGSZ ?=
-GRPC_PORT ?= 8001
-HTTP_PORT ?= 8000
-METRICS_PORT ?= 8002
-HOST ?= 127.0.0.1
-MODEL ?= yolov8n
-REPO ?= model_repository
-# HTTP=1: also serve HTTP, behind nginx with request limits (docs/security.md); gRPC only otherwise
-HTTP ?=
+# Variables: `make help` lists each one whose line carries a `## ` comment.
+WEIGHTS ?= yolov8n.pt## checkpoint for build-engines/demo (.pt or .yaml); bench-cpu: build a fresh repository from it
+IMGSZ ?=## input size of the export (default: the checkpoint's)
+GRPC_PORT ?= 8001## serve: gRPC port
+HTTP_PORT ?= 8000## serve: HTTP port (nginx), with HTTP=1
+METRICS_PORT ?= 8002## serve: Prometheus metrics port
+HOST ?= 127.0.0.1## serve: address to listen on
+MODEL ?= yolov8n## perf/eval: served ensemble(s) to measure
+REPO ?= model_repository## model repository folder
+HTTP ?=## HTTP=1: serve also HTTP, behind nginx with request limits (docs/security.md)
+URL ?=## HOST:PORT (gRPC) of a running server for perf, locust, compare, eval (bench-cpu: always its own server, and it says why)
+VARIANTS ?=## serve: comma-separated variant keys to load (default: every one this machine can)
+DATA ?=## eval: YOLO data YAML (default: the shapes val split)
+CONCURRENCY ?=## perf: concurrency levels, e.g. 1,2,4
+USERS ?=## locust: simulated users
+SPAWN_RATE ?=## locust: users started per second
+DURATION ?=## locust: run time, e.g. 60s
+# e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see yolo-triton build --help)
+TRT_ARGS ?=## extra options of build-engines for TensorRT
 export GRPC_PORT HTTP_PORT METRICS_PORT HOST HTTP
 
 IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
-# e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see yolo-triton build --help)
-TRT_ARGS ?=
+# One pattern for every measurement target: a running server when URL= is given.
+URL_ARG := $(if $(URL),--url $(URL),)
 
 .PHONY: help setup build-engines serve demo test lint eval perf locust compare report bench-cpu bench-gpu clean
 
-help: ## list targets
+help: ## list targets and variables
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+	@echo; echo "variables (make TARGET VAR=value):"
+	@grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= ?([^#]*)## (.*)/\1\t\3 [\2]/; s/ \[\]$$//' | expand -t 16
 
 setup: ## create .venv with the pinned dependencies (quick when done)
 	@bash build/setup.sh
@@ -45,22 +56,22 @@ lint: setup ## ruff
 	@$(PY) -m ruff check .
 
 eval: setup ## served vs Ultralytics mAP on a YOLO dataset (DATA=data.yaml, default the shapes val split)
-	@$(YT) eval $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(DATA),--data $(DATA),)
+	@$(YT) eval $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(DATA),--data $(DATA),) $(URL_ARG)
 
 perf: setup ## perf_analyzer concurrency + request-rate sweeps per variant -> runs/perf/<timestamp>/
-	@$(YT) perf $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(if $(URL),--url $(URL),)
+	@$(YT) perf $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(URL_ARG)
 
 locust: setup ## Locust gRPC load test (USERS, SPAWN_RATE, DURATION) -> runs/locust/<timestamp>/
-	@$(YT) locust $(if $(USERS),--users $(USERS),) $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE),) $(if $(DURATION),--duration $(DURATION),) $(if $(URL),--url $(URL),)
+	@$(YT) locust $(if $(USERS),--users $(USERS),) $(if $(SPAWN_RATE),--spawn-rate $(SPAWN_RATE),) $(if $(DURATION),--duration $(DURATION),) $(URL_ARG)
 
-compare: setup ## YOLOv8n vs YOLOv5n stage by stage, plus every served variant -> runs/compare/<timestamp>/
-	@$(YT) compare
+compare: setup ## YOLOv8n vs YOLOv5n stage by stage, plus every variant served (URL= or its own) -> runs/compare/<timestamp>/
+	@$(YT) compare $(URL_ARG)
 
 report: setup ## one Markdown report with plots from the latest perf, locust and compare runs -> runs/report/
 	@$(YT) report
 
-bench-cpu: setup ## raw ONNX Runtime vs served ensemble vs Ultralytics predict, with ratios (WEIGHTS=, IMGSZ=: a fresh repository)
-	@$(YT) bench-cpu $(if $(filter command line environment,$(origin WEIGHTS)),--weights $(WEIGHTS),) $(IMGSZ_ARG)
+bench-cpu: setup ## raw ONNX Runtime vs served vs Ultralytics, on the same cores: always its own server (it says so to URL=)
+	@$(YT) bench-cpu $(if $(filter command line environment,$(origin WEIGHTS)),--weights $(WEIGHTS),) $(IMGSZ_ARG) $(URL_ARG)
 
 bench-gpu: setup ## GPU ensemble vs raw FP16 CUDA-graph network vs Ultralytics predict (on a GPU machine)
 	@$(YT) bench-gpu

@@ -22,7 +22,7 @@ SAMPLES = ROOT / "assets" / "samples"
 def build_repo(weights: Path | str, dest: Path, imgsz: int | None = None) -> Path:
     from yolo_triton.repository import build as build_engines
 
-    args = ["--weights", str(weights), "--repo", str(dest)]
+    args = ["--weights", str(weights), "--repo", str(dest), "--gpu-artefact"]  # test_gpu checks it on the CPU
     if imgsz:
         args += ["--imgsz", str(imgsz)]
     assert build_engines.main(args) == 0

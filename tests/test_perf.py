@@ -289,10 +289,13 @@ def test_sample_images_are_photos_of_several_sizes():
     assert bus.image.shape == (1080, 810, 3)
 
 
-def test_bench_cpu_prints_every_figure_and_the_ratios(repo):
+def test_bench_cpu_prints_every_figure_and_the_ratios(repo, server):
     """`make bench-cpu` in its shortest form: one round, a fraction of a second per figure. It
-    starts its own server on the session's repository; only the output's shape is checked."""
-    out = run_tool("bench_cpu", "--repo", str(repo), "--seconds", "0.5", "--rounds", "1", timeout=600).stdout
+    starts its own server on the session's repository, and says so and why to `--url` (URL=);
+    only the output's shape is checked."""
+    out = run_tool("bench_cpu", "--repo", str(repo), "--seconds", "0.5", "--rounds", "1", "--url", server.url,
+                   timeout=600).stdout
+    assert out.startswith(f"bench-cpu: --url {server.url} not used: this benchmark starts its own tritonserver"), out
     for label in ("(a) raw ONNX Runtime", spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble,
                   "(d) Ultralytics predict"):
         assert label in out, out[-3000:]

@@ -243,6 +243,24 @@ class Variant:
 
 
 ALIAS = "yolov8n"
+# The network alone, for Ultralytics' own Triton client: `YOLO("grpc://HOST:8001/yolov8n_network",
+# task="detect")`. Its TritonRemoteModel letterboxes, decodes and runs NMS itself, so it sends the
+# letterboxed FP32 `images` (PIXELS) and reads the raw `output0` (RAW); it maps only FP32, FP16 and
+# UINT8 inputs, so it cannot call the ensembles (their options are INT32 and BOOL). At launch this
+# one-step ensemble is pointed at the detector of the fastest staged variant the server loads.
+NETWORK_ALIAS = f"{ALIAS}_network"
+# What the tensors mean, written into every ensemble's config parameters (and the network alias's
+# Ultralytics metadata), so a client reading the config needs no other documentation.
+CONVENTIONS = {
+    "pixel_order": "BGR",  # IMAGE: decoded BGR uint8, as OpenCV reads files
+    "box_format": "xyxy",  # BOXES: x1, y1, x2, y2
+    "box_frame": "original image pixels",  # BOXES: in the frame of the IMAGE sent, not the letterbox
+}
+NETWORK_CONVENTIONS = {
+    "pixel_order": "RGB",  # images: RGB float32 in [0, 1], NCHW, letterboxed with gray 114 to imgsz
+    "box_format": "xywh",  # output0 rows 0-3: box centre and size, then one score row per class
+    "box_frame": "letterboxed input pixels",
+}
 # CUDA-graph batch sizes of the GPU detectors (a batch is padded up to the next one).
 CUDA_GRAPH_BATCHES = "1,2,4,8,16,32,64"
 # The GPU detectors compile the network with TorchInductor before capturing its graphs ("0": the

@@ -256,6 +256,12 @@ class DetectorClient:
             self._names = tuple(json.loads(cfg["parameters"]["names"]["string_value"]))
         return self._names
 
+    def ready_models(self) -> list[str]:
+        """The models of this project the server has ready, asked through the health API (open to
+        anyone; the repository index needs the admin key)."""
+        names = [spec.ALIAS, *(v.ensemble for v in spec.VARIANTS), spec.NETWORK_ALIAS]
+        return [m for m in names if self._call(self.client.is_model_ready, m)]
+
     def infer(self, images: np.ndarray, conf: float | None = None, iou: float | None = None,
               max_det: int | None = None, multi_label: bool | None = None) -> tuple[list[Detections], float]:
         """One request for a batch of same-size images; detections per image and latency (ms)."""

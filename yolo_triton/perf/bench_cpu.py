@@ -95,6 +95,11 @@ def _pooled(rounds: list[dict[str, list[float]]]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
+OWN_SERVER_WHY = ("its ratios compare the served figures with ONNX Runtime and Ultralytics run in this process, "
+                  "which only means something when the server shares these cores and hands images over in "
+                  "this host's shared memory")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None,
@@ -109,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"at least {MIN_PER_REQUEST})")
     ap.add_argument("--in-flight", type=int, default=2,
                     help="requests outstanding at saturation (2: one waits while the other runs)")
+    ap.add_argument("--url", default=None,
+                    help=f"not used: {OWN_SERVER_WHY}; given, it is named as ignored and the benchmark runs here")
     args = ap.parse_args(argv)
+    if args.url:
+        print(f"bench-cpu: --url {args.url} not used: this benchmark starts its own tritonserver on free local "
+              f"ports, because {OWN_SERVER_WHY}", flush=True)
     if args.imgsz and not args.weights:
         ap.error("--imgsz needs --weights: a built repository's input size is fixed (rebuild it from a checkpoint)")
 

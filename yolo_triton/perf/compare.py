@@ -232,10 +232,15 @@ def served_size(repo: Path, imgsz: int, nc: int) -> tuple[float | None, float | 
 
 
 def add_ratios(rows: list[Row]) -> None:
+    """Ratios to Ultralytics' YOLOv8n for the Ultralytics rows only: they share the library, the
+    threads and the letterbox. A served row differs in all of these (and often in weights), so no
+    ratio is drawn for it; `make bench-cpu` compares served and raw on one setup."""
     base = next((r for r in rows if r.kind == "ultralytics" and r.name == "YOLOv8n"), None)
     if base is None:
         return
     for r in rows:
+        if r.kind != "ultralytics":
+            continue
         r.e2e_vs_yolov8n = r.end_to_end_ms / base.end_to_end_ms if base.end_to_end_ms else None
         r.inference_vs_yolov8n = r.inference_ms / base.inference_ms if base.inference_ms else None
 
@@ -267,7 +272,11 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"- Threads: torch {meta['torch_threads']} "
         f"({'set with --threads' if meta.get('threads_set') else 'Ultralytics default: cores - 1'}); "
         f"the served ONNX Runtime detector uses YOLO_ORT_THREADS of the server's environment, else all cores "
-        f"({meta['machine']['cores']}), its workers spinning only during runs (YOLO_ORT_SPINNING).",
+        f"({meta['machine']['cores']}); its workers spin while a run is active and stop when it returns (the "
+        f"default; YOLO_ORT_SPINNING=0 in the server's environment turns spinning off).",
+        "- Ratios (`*_vs_yolov8n`) are drawn between the Ultralytics rows only (same library, threads and "
+        "letterbox). Served rows differ in transport, letterbox, threads and possibly weights, so they get none: "
+        "`make bench-cpu` compares the served model with the same network run raw, on one setup.",
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, load average "
         f"{meta['machine'].get('load_avg')} at the end; timings on a shared CPU are noisy.",
         "",

@@ -2,7 +2,8 @@
 per variant and load, the comparison's stage bars, and the stage shares under the Locust load.
 
 Files only (matplotlib's Agg backend): the report is made on servers and in CI, with no display.
-A fused variant's bars come from its stage metrics; without them its time is all `other`.
+A fused variant's bars come from its stage metrics (its three stages and the pipeline glue);
+a run without them shows its one `pipeline` bar, not `other` (the client-side rest).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from yolo_triton.perf.stages import GLUE, WHOLE  # noqa: E402
+from yolo_triton.spec import STAGES  # noqa: E402
 
 COLORS = {"preprocess": "#4c72b0", "network": "#dd8452", "postprocess": "#55a868", "queue": "#f2b880",
           "preprocess queue": "#9fb6dc", "network queue": "#f2b880", "postprocess queue": "#a6d3b0",
@@ -83,17 +87,18 @@ def plot_perf_stages(latency: list[dict], stages: list[dict], out: Path) -> Path
     rows = [r for r in latency if r["mode"] == "concurrency"]
     if not rows:
         return None
-    labels, parts = [], {k: [] for k in ("queue", "preprocess", "network", "postprocess", "other")}
+    inside = (*STAGES, GLUE, WHOLE)  # what the server accounts for, a fused model's glue and whole included
+    labels, parts = [], {k: [] for k in ("queue", *inside, "other")}
     for r in rows:
         mine = {s["stage"]: s for s in stages if s["model"] == r["model"] and s["mode"] == "concurrency"
                 and num(s["load"]) == num(r["load"])}
         labels.append(f"{r['model']}\nc={num(r['load']):g}")
-        values = {k: num(mine.get(k, {}).get("total_ms")) - num(mine.get(k, {}).get("queue_ms"))
-                  for k in ("preprocess", "network", "postprocess")}
-        values["queue"] = sum(num(mine.get(k, {}).get("queue_ms")) for k in ("preprocess", "network", "postprocess"))
+        values = {k: num(mine.get(k, {}).get("total_ms")) - num(mine.get(k, {}).get("queue_ms")) for k in inside}
+        values["queue"] = sum(num(mine.get(k, {}).get("queue_ms")) for k in inside)
         values["other"] = max(num(r["avg_ms"]) - sum(values.values()), 0.0)
         for k, v in values.items():
             parts[k].append(v)
+    parts = {k: v for k, v in parts.items() if any(v) or k in STAGES}  # no empty legend entries
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.5))
     _stacked(ax, labels, parts)
     ax.set_ylabel("mean ms per request")

@@ -28,6 +28,7 @@ from yolo_triton.perf.plots import (
     plot_vs_load,
 )
 from yolo_triton.perf.runs import META_FILE, VERSIONED_PACKAGES, latest_run, read_meta
+from yolo_triton.perf.stages import GLUE, WHOLE
 from yolo_triton.perf.tables import markdown_table, read_csv
 
 MAKERS = {"perf": "make perf", "locust": "make locust", "compare": "make compare"}
@@ -48,7 +49,8 @@ def _time_goes(stages: list[dict], r: dict) -> str:
           and num(s["load"]) == num(r["load"])}
     total = num(r["avg_ms"]) or 1.0
     if "network" not in st:
-        return f"at concurrency {num(r['load']):g}: one fused model, no stage metrics, of {total:.0f} ms"
+        return (f"at concurrency {num(r['load']):g}: one fused model that published no stage metrics in this run, "
+                f"{num(st.get(WHOLE, {}).get('total_ms')):.0f} ms in it of {total:.0f} ms")
 
     def pct(ms: float) -> str:
         return f"{100 * ms / total:.0f}%"
@@ -56,9 +58,10 @@ def _time_goes(stages: list[dict], r: dict) -> str:
     compute = {k: num(st[k]["total_ms"]) - num(st[k]["queue_ms"]) for k in ("preprocess", "network", "postprocess")
                if k in st}
     queue = sum(num(s["queue_ms"]) for s in st.values())
+    glue = f", pipeline glue {pct(num(st[GLUE]['total_ms']))}" if GLUE in st else ""
     return (f"at concurrency {num(r['load']):g}: network compute {pct(compute['network'])}, queues {pct(queue)}, "
-            f"preprocess {pct(compute.get('preprocess', 0.0))}, postprocess {pct(compute.get('postprocess', 0.0))} "
-            f"of {total:.0f} ms")
+            f"preprocess {pct(compute.get('preprocess', 0.0))}, postprocess {pct(compute.get('postprocess', 0.0))}"
+            f"{glue} of {total:.0f} ms")
 
 
 def _glance_perf(perf: Path) -> list[str]:
@@ -70,11 +73,12 @@ def _glance_perf(perf: Path) -> list[str]:
             here = [r for r in latency if r["mode"] == mode and num(r["load"]) == load]
             best_t = max(here, key=lambda r: num(r["throughput"]))
             best_p = min(here, key=lambda r: num(r["p95_ms"]))
+            alone = " (only one measured)" if len(here) == 1 else ""  # nothing to win against
             rows.append({"load": f"{'c' if mode == 'concurrency' else 'rate '}{load:g}",
-                         "most throughput": f"{best_t['model']} ({num(best_t['throughput']):.2f}/s)",
-                         "lowest p95": f"{best_p['model']} ({num(best_p['p95_ms']):.0f} ms)",
+                         "most throughput": f"{best_t['model']} ({num(best_t['throughput']):.2f}/s){alone}",
+                         "lowest p95": f"{best_p['model']} ({num(best_p['p95_ms']):.0f} ms){alone}",
                          "variants measured": len(here)})
-    out = ["Which variant wins at which load (perf_analyzer):", "",
+    out = ["Which variant is fastest at which load, among those measured at that load (perf_analyzer):", "",
            markdown_table(rows, ["load", "most throughput", "lowest p95", "variants measured"]), ""]
     for model in dict.fromkeys(r["model"] for r in latency):
         mine = sorted((r for r in latency if r["model"] == model and r["mode"] == "concurrency"),
@@ -113,10 +117,14 @@ def _glance_compare(compare: Path) -> list[str]:
                    f"{v5['inference_ms'] / v8['inference_ms']:.2f}x, {v5['params_m']:.2f} M vs "
                    f"{v8['params_m']:.2f} M params, {v5['gflops']:.1f} vs {v8['gflops']:.1f} GFLOPs"
                    + ("" if all(data.get("pretrained", {}).values()) else " (seeded random weights)") + ".")
-    for r in data["rows"]:
-        if r["kind"] == "served" and v8:
-            out.append(f"- Served {r['name']} end-to-end {r['end_to_end_ms']:.0f} ms vs Ultralytics YOLOv8n "
-                       f"predict {v8['end_to_end_ms']:.0f} ms ({r['end_to_end_ms'] / v8['end_to_end_ms']:.2f}x).")
+    served = [r for r in data["rows"] if r["kind"] == "served"]
+    if served and v8:
+        out.append("- Served end-to-end (gRPC client, photo transfer included, square letterbox, the server's "
+                   "threads; weights " + served[0]["weights"] + "): "
+                   + ", ".join(f"{r['name']} {r['end_to_end_ms']:.0f} ms" for r in served)
+                   + f". Ultralytics YOLOv8n predict in-process (stride-rect letterbox, torch "
+                   f"{data.get('torch_threads', '?')} threads; {v8['weights']}): {v8['end_to_end_ms']:.0f} ms. "
+                   "Different setups, so no ratio is drawn; `make bench-cpu` compares on one.")
     return out
 
 

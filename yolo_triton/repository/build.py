@@ -31,22 +31,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str]:
+def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str, str]:
+    """(model, what was loaded, the fallback's one-line notice or "")."""
     try:
-        return export.load(weights), weights
+        return export.load(weights), weights, ""
     except export.WeightsUnavailable as e:
         if not fallback:
             raise
-        if DEMO_WEIGHTS.exists():
-            alt = str(DEMO_WEIGHTS.relative_to(ROOT))
-            print(f"build-engines: {weights} unavailable; FALLING BACK to the shipped demo checkpoint {alt} "
-                  "(3 classes: circle, rectangle, triangle)", flush=True)
-        else:
-            alt = "yolov8n.yaml"
-            print(f"build-engines: {weights} unavailable; FALLING BACK to yolov8n.yaml with seeded random "
-                  "weights: detections will be MEANINGLESS", flush=True)
-        del e
-        return export.load(alt), alt
+        why = e.reason
+    if DEMO_WEIGHTS.exists():
+        alt, shown = str(DEMO_WEIGHTS), str(DEMO_WEIGHTS.relative_to(ROOT))
+        what = "the shipped demo checkpoint, 3 classes: circle, rectangle, triangle"
+    else:
+        alt = shown = "yolov8n.yaml"
+        what = "seeded random weights: detections will be MEANINGLESS"
+    notice = f"build-engines: *** FALLING BACK to {shown} ({what}) *** because {why}; {export.LOCAL_WEIGHTS_HINT}"
+    return export.load(alt), shown, notice
 
 
 def _up_to_date(repo: Path, facts: repository.ModelFacts, weights: str) -> bool:
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fallback", action="store_true",
                     help="if the weights cannot be had, use the shipped demo checkpoint instead of failing")
     ap.add_argument("--force", action="store_true", help="rebuild even if the artefacts are up to date")
+    ap.add_argument("--gpu-artefact", action="store_true",
+                    help="export the GPU detector's torch.export program even where no GPU is visible")
     ap.add_argument("--trt-precision", choices=("fp16", "fp32", "int8"), default="fp16")
     ap.add_argument("--calib-images", type=Path, default=None, help="images for INT8 calibration")
     ap.add_argument("--trt-opt-batch", type=int, default=repository.TRT_OPT_BATCH,
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        model, used = _load_with_fallback(args.weights, args.fallback)
+        model, used, notice = _load_with_fallback(args.weights, args.fallback)
+        if notice:
+            print(notice, flush=True)
         facts = export.facts_of(model, used, args.imgsz)
     except (export.WeightsUnavailable, ValueError) as e:
         print(f"build-engines: {e}", file=sys.stderr)
@@ -102,11 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
           f"{len(facts.names)} classes, dynamic batch)", flush=True)
 
+    print(f"build-engines: {_gpu_artefact(model, facts, repo, args.gpu_artefact)}", flush=True)
+    print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
+    if notice:  # again as the last line: the export's own output above would bury it
+        print(notice, flush=True)
+    return 0
+
+
+def _gpu_artefact(model, facts: repository.ModelFacts, repo: Path, asked: bool) -> str:  # noqa: ANN001
+    """The GPU detector's artefact, only when asked for or when a GPU is visible (it is served nowhere else)."""
+    from yolo_triton.serve.install import gpu_available
+
+    if not (asked or gpu_available()):
+        return ("GPU detector artefact skipped: no GPU visible (--gpu-artefact exports it anyway, for a GPU "
+                "machine that serves this repository)")
     from yolo_triton.repository import gpu_export
 
-    print(f"build-engines: {gpu_export.export_for_gpu(model, facts, repo)}", flush=True)
-    print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
-    return 0
+    return gpu_export.export_for_gpu(model, facts, repo)
 
 
 def _tensorrt(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace) -> str:

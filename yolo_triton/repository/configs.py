@@ -29,7 +29,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from yolo_triton import spec
-from yolo_triton.repository.facts import FACTS_FILE, ModelFacts, read_facts  # noqa: F401 - re-exported
+from yolo_triton.repository.facts import FACTS_FILE, STRIDES, ModelFacts, read_facts  # noqa: F401 - re-exported
 
 _DTYPES = {
     "TYPE_BOOL": mc.TYPE_BOOL,
@@ -80,6 +80,37 @@ def _facts_params(cfg: mc.ModelConfig, facts: ModelFacts) -> None:
     cfg.parameters["names"].string_value = json.dumps(list(facts.names))
 
 
+def ultralytics_metadata(facts: ModelFacts) -> str:
+    """The `metadata` parameter Ultralytics' TritonRemoteModel reads: a dict's repr, which it parses
+    with ast.literal_eval, holding what its exporter writes (Ultralytics' Triton guide copies the
+    ONNX export's metadata into the config the same way). Without it AutoBackend guesses 640 px
+    and 999 class names.
+
+    `batch` 1 with `dynamic` False is what makes Ultralytics read `imgsz` from here and letterbox to
+    the full square the detector's fixed dims need (dynamic exports get imgsz from the caller and
+    pad only to a multiple of the stride); it then sends a batch of images one request each."""
+    meta = {
+        "description": f"YOLOv8 network served by yolo-triton ({facts.source})",
+        "stride": max(STRIDES),
+        "task": "detect",
+        "batch": 1,
+        "imgsz": [facts.imgsz, facts.imgsz],
+        "names": dict(enumerate(facts.names)),
+        "args": {"batch": 1, "half": False, "dynamic": False, "nms": False},
+        "channels": 3,
+        "end2end": False,
+        **spec.NETWORK_CONVENTIONS,
+    }
+    return repr(meta)
+
+
+def _network_params(cfg: mc.ModelConfig, facts: ModelFacts) -> None:
+    """What a client of the raw network needs: Ultralytics' metadata and the tensors' conventions."""
+    cfg.parameters["metadata"].string_value = ultralytics_metadata(facts)
+    for key, value in spec.NETWORK_CONVENTIONS.items():
+        cfg.parameters[key].string_value = value
+
+
 def _gpu_resident(cfg: mc.ModelConfig) -> None:
     """Python model on the GPU: inputs stay where the previous step left them (no host copy).
 
@@ -127,6 +158,7 @@ def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
     if r.in_python:
         cfg = python_config(model, "network", r.device, facts, _graph_sizes(r))
         _artefact(cfg, r)
+        _network_params(cfg, facts)
         return cfg
     if r.backend == "tensorrt":
         model = spec.ModelSpec(model.name, "", model.inputs, model.outputs, platform="tensorrt_plan")
@@ -159,6 +191,7 @@ def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
                 str(d) for d in (batch, *pixels.dims))
     for key, value in r.params.items():
         cfg.parameters[key].string_value = value
+    _network_params(cfg, facts)
     _warmup(cfg, model.inputs[0])
     return cfg
 
@@ -185,6 +218,8 @@ def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelCo
     cfg = _base(spec.ModelSpec(name, "", spec.ENSEMBLE_INPUTS, spec.ENSEMBLE_OUTPUTS, platform="ensemble"))
     _facts_params(cfg, facts)
     cfg.parameters["variant"].string_value = v.key
+    for key, value in spec.CONVENTIONS.items():
+        cfg.parameters[key].string_value = value
     steps = cfg.ensemble_scheduling
     if v.fused:  # one step, every tensor passed through
         step = steps.step.add(model_name=v.pipeline, model_version=-1)
@@ -300,6 +335,26 @@ def write_alias(root: Path, v: spec.Variant) -> None:
     cfg.name = spec.ALIAS
     (root / spec.ALIAS / "1").mkdir(parents=True, exist_ok=True)
     _atomic_write(root / spec.ALIAS / "config.pbtxt", render(cfg))
+
+
+def network_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
+    """`spec.NETWORK_ALIAS`: a one-step ensemble in front of the variant's detector, with its
+    interface (letterboxed FP32 `images` in, raw `output0` out) and Ultralytics' metadata."""
+    det = spec.detector_spec(v, facts.imgsz, facts.num_outputs, facts.num_anchors)
+    cfg = _base(spec.ModelSpec(spec.NETWORK_ALIAS, "", det.inputs, det.outputs, platform="ensemble"))
+    _facts_params(cfg, facts)
+    cfg.parameters["variant"].string_value = v.key
+    _network_params(cfg, facts)
+    step = cfg.ensemble_scheduling.step.add(model_name=v.detector, model_version=-1)
+    step.input_map[spec.PIXELS.name] = spec.PIXELS.name
+    step.output_map[spec.RAW.name] = spec.RAW.name
+    return cfg
+
+
+def write_network_alias(root: Path, v: spec.Variant) -> None:
+    """Point `spec.NETWORK_ALIAS` at the detector of the staged variant `v`."""
+    (root / spec.NETWORK_ALIAS / "1").mkdir(parents=True, exist_ok=True)
+    _atomic_write(root / spec.NETWORK_ALIAS / "config.pbtxt", render(network_config(v, read_facts(root))))
 
 
 def _atomic_write(path: Path, text: str) -> None:

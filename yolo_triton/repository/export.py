@@ -18,8 +18,16 @@ DEFAULT_WEIGHTS = "yolov8n.pt"
 SEED = 0
 
 
+LOCAL_WEIGHTS_HINT = ("pass a local checkpoint: make build-engines WEIGHTS=path/to/best.pt (or make demo WEIGHTS=…, "
+                      "yolo-triton build --weights …)")
+
+
 class WeightsUnavailable(RuntimeError):
-    """The checkpoint could not be found or downloaded."""
+    """The checkpoint could not be found or downloaded; `reason` says why, the message adds the fix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; {LOCAL_WEIGHTS_HINT}")
+        self.reason = reason
 
 
 def load(weights: str):  # noqa: ANN201 - ultralytics.YOLO, imported lazily (torch import is slow)
@@ -46,9 +54,7 @@ def load(weights: str):  # noqa: ANN201 - ultralytics.YOLO, imported lazily (tor
             return YOLO(weights)
     except Exception as e:  # ultralytics raises several types for a failed download
         raise WeightsUnavailable(
-            f"could not load {weights} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-            "without internet pass a local checkpoint, e.g. make build-engines WEIGHTS=path/to/best.pt"
-        ) from None
+            f"could not load {weights} ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
 def facts_of(model, weights: str, imgsz: int | None) -> ModelFacts:  # noqa: ANN001

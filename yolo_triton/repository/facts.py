@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FACTS_FILE = "artefact.json"
+STRIDES = (8, 16, 32)  # YOLOv8's detection strides: one anchor per grid cell of each
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class ModelFacts:
 
     @property
     def num_anchors(self) -> int:
-        return sum((self.imgsz // s) ** 2 for s in (8, 16, 32))
+        return sum((self.imgsz // s) ** 2 for s in STRIDES)
 
     def to_json(self) -> str:
         return json.dumps({"imgsz": self.imgsz, "names": list(self.names), "source": self.source}, indent=1)

@@ -76,8 +76,10 @@ def export_for_gpu(model, facts: ModelFacts, repo: Path) -> str:  # noqa: ANN001
     dest = artefact_path(repo)
     dest.parent.mkdir(parents=True, exist_ok=True)
     program = export_network(model, facts.imgsz)
-    tmp = dest.with_suffix(dest.suffix + ".tmp")
-    torch.export.save(program, str(tmp), extra_files={FACTS_EXTRA: facts.to_json()})
+    tmp = dest.with_name(f"{dest.stem}.tmp{dest.suffix}")  # torch warns about a name not ending in .pt2
+    with warnings.catch_warnings():  # "No complete tensor found in the group": weights are on the CPU, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        torch.export.save(program, str(tmp), extra_files={FACTS_EXTRA: facts.to_json()})
     tmp.replace(dest)
     rel = f"{dest.parent.parent.name}/{dest.parent.name}/{dest.name}"
     return (f"GPU detector artefact {rel} ({dest.stat().st_size / 1e6:.1f} MB torch.export program, FP32; "

@@ -24,6 +24,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from yolo_triton.serve.install import (
     gpu_available,
 )
 from yolo_triton.serve.keys import API_KEY_HEADER, key_headers
+from yolo_triton.serve.log_filter import LogFilter
 from yolo_triton.serve.watchdog import StubWatchdog
 
 PY_SHM_BYTES = 64 * 1024 * 1024  # python-backend shared-memory pool per model; grows by as much
@@ -63,6 +65,7 @@ class Plan:
     load: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     alias: spec.Variant | None = None
+    network: spec.Variant | None = None  # the staged variant whose detector spec.NETWORK_ALIAS calls
 
 
 def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | None = None) -> Plan:
@@ -84,12 +87,22 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
             for m in v.models:
                 if m not in plan.load:
                     plan.load.append(m)
-            if plan.alias is None or spec.FASTEST_FIRST.index(v.key) < spec.FASTEST_FIRST.index(plan.alias.key):
-                plan.alias = v
+            plan.alias = _faster(plan.alias, v)
+            if not v.fused:
+                plan.network = _faster(plan.network, v)
     if plan.alias is None:
         raise LaunchError("no variant can be served here: " + "; ".join(f"{k}: {r}" for k, r in plan.skipped.items()))
     plan.load.append(spec.ALIAS)
+    if plan.network is None:
+        plan.skipped[spec.NETWORK_ALIAS] = ("no staged variant is loaded, and Ultralytics' client calls a staged "
+                                            "variant's detector: add one to VARIANTS (e.g. ort)")
+    else:
+        plan.load.append(spec.NETWORK_ALIAS)
     return plan
+
+
+def _faster(best: spec.Variant | None, v: spec.Variant) -> spec.Variant:
+    return v if best is None or spec.FASTEST_FIRST.index(v.key) < spec.FASTEST_FIRST.index(best.key) else best
 
 
 def _unservable(repo: Path, v: spec.Variant) -> str | None:
@@ -201,8 +214,11 @@ class Server:
         self.ports = ports or Ports.free()
         self.host = host
         self.install = find_triton()
-        self.plan = plan_models(repo, self.install.backends, gpu_available(), only)
+        self.gpu = gpu_available()
+        self.plan = plan_models(repo, self.install.backends, self.gpu, only)
         repository.write_alias(repo, self.plan.alias)
+        if self.plan.network is not None:
+            repository.write_network_alias(repo, self.plan.network)
         try:
             self.api_key = keys.checked_key(api_key) if api_key else keys.new_key()
         except keys.BadKey as e:
@@ -212,6 +228,7 @@ class Server:
         self.http = http
         self.inner_http_port = free_port() if http else None
         self.cmd = command(self.install, repo, self.plan, self.ports, host, self.secrets, self.inner_http_port)
+        self.log_filter: LogFilter | None = None
         self.headers = key_headers(self.api_key)
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -243,9 +260,15 @@ class Server:
             env = guard.preload_env(environment(self.install))
         except guard.GuardUnavailable as e:
             raise LaunchError(str(e)) from None
-        self.proc = subprocess.Popen(self.cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
+        quiet = not self.gpu and stdout is not subprocess.DEVNULL  # see serve.log_filter
+        self.proc = subprocess.Popen(self.cmd, env=env, stdout=subprocess.PIPE if quiet else stdout,
+                                     stderr=subprocess.STDOUT if stdout or quiet else None,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=die_with_parent if self.die_with_parent else None)
+        if quiet:
+            sink = stdout if stdout is not None else sys.stdout.buffer
+            self.log_filter = LogFilter(self.proc.stdout, sink)
+            self.log_filter.start()
         return self.proc
 
     def start(self, timeout: float = 300.0) -> Server:
@@ -298,7 +321,7 @@ class Server:
         return f" (log: {self.log})" if self.log else ""
 
     def ensembles(self) -> list[str]:
-        names = {v.ensemble for v in spec.VARIANTS} | {spec.ALIAS}
+        names = {v.ensemble for v in spec.VARIANTS} | {spec.ALIAS, spec.NETWORK_ALIAS}
         return [m for m in self.plan.load if m in names]
 
     def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> bool:
@@ -346,6 +369,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.log_filter is not None:
+            self.log_filter.join(timeout=5)  # the last lines reach the log before it is closed
         if self._out not in (None, subprocess.DEVNULL):
             self._out.close()
         keys.forget(self.ports.grpc)
@@ -359,7 +384,10 @@ class Server:
 
     def describe(self) -> str:
         lines = [f"tritonserver: {self.install.binary}{' (bundled)' if self.install.bundled else ''}"]
-        lines.append(f"yolov8n -> {self.plan.alias.ensemble if self.plan.alias else '-'}")
+        lines.append(f"{spec.ALIAS} -> {self.plan.alias.ensemble if self.plan.alias else '-'}")
+        if self.plan.network is not None:
+            lines.append(f"{spec.NETWORK_ALIAS} -> {self.plan.network.detector} (for Ultralytics' client: "
+                         f"YOLO('grpc://{self.url}/{spec.NETWORK_ALIAS}', task='detect'))")
         lines += [f"skipped {name}: {why}" for name, why in self.plan.skipped.items()]
         lines.append(f"admin key (model control, shared memory, logging, trace): in {self.secrets.admin}")
         return "\n".join(lines)
