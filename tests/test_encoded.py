@@ -303,3 +303,27 @@ def test_served_gpu_models_give_the_raw_paths_detections_for_encoded_files(serve
             np.testing.assert_allclose(got.scores, want.scores, atol=1e-2)
         with pytest.raises(ServerError, match=r"IMAGE_BYTES\[1\]: .*exceeds the limit"):
             client._call(client.client.infer, model, [_unchecked([JPEG, png_bomb()])], outputs=OUTPUTS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_empty_image_bytes_beside_image_is_no_second_image(server, model):
+    """perf_analyzer's shared-memory mode sends every optional input: IMAGE with an IMAGE_BYTES of
+    empty elements is answered as IMAGE alone; an empty IMAGE_BYTES alone is still refused."""
+    image = images.read(SAMPLES / "bus.jpg")
+    raw = grpcclient.InferenceServerClient(server.url)
+    pixels = grpcclient.InferInput(spec.IMAGE.name, [1, *image.shape], "UINT8")
+    pixels.set_data_from_numpy(image[None])
+    empty = grpcclient.InferInput(spec.IMAGE_BYTES.name, [1, 1], "BYTES")
+    empty.set_data_from_numpy(np.array([[b""]], dtype=np.object_))
+    outputs = [grpcclient.InferRequestedOutput(t.name) for t in spec.ENSEMBLE_OUTPUTS]
+    try:
+        alone = raw.infer(model, [pixels], outputs=outputs)
+        beside = raw.infer(model, [pixels, empty], outputs=outputs)
+        for t in spec.ENSEMBLE_OUTPUTS:
+            assert np.array_equal(alone.as_numpy(t.name), beside.as_numpy(t.name)), t.name
+        assert int(alone.as_numpy(spec.NUM_DETECTIONS.name)[0]) > 0
+        with pytest.raises(InferenceServerException) as only_empty:
+            raw.infer(model, [empty], outputs=outputs)
+        assert only_empty.value.status() == "StatusCode.INVALID_ARGUMENT", only_empty.value.message()
+    finally:
+        raw.close()

@@ -21,7 +21,7 @@ from yolo_triton.backend.images import count, cut, flatten, image_input, regroup
 from yolo_triton.backend.metrics import Stopwatch
 from yolo_triton.backend.requests import Requests
 from yolo_triton.backend.roles import postprocess_inputs, split
-from yolo_triton.pipeline import encoded, torch_encoded, torch_letterbox, torch_network, torch_nms
+from yolo_triton.pipeline import encoded, torch_decode, torch_encoded, torch_letterbox, torch_network
 from yolo_triton.pipeline.gpu import GpuPipeline
 from yolo_triton.pipeline.postprocess import pad_batch
 from yolo_triton.pipeline.validation import check_image_shape
@@ -116,18 +116,23 @@ class TorchNetwork(_GpuRole):
 
 
 class Postprocess(_GpuRole):
-    """Staged step 3 on the GPU: decode and exact NMS for every image of the execute() in fixed-size
-    buffers (`torch_nms`, the fused model's NMS, run eagerly here); only the kept boxes come to the host."""
+    """Staged step 3 on the GPU: decode and batched NMS for every image of the execute() in one pass;
+    only the kept boxes come to the host.
+
+    This keeps `torch_decode` (dynamic shapes, torchvision's kernel, three host waits) rather than
+    the fused model's `torch_nms`: the fixed-size NMS pays for its k x k buffers only when it is
+    replayed from a CUDA graph, and run eagerly here it measured 5.0 ms a crowded-scene request
+    on an H200 (docs/benchmarks.md), several times the dynamic path.
+    """
 
     stages = ("postprocess",)
 
     def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
         super().__init__(margs, pb_utils)
-        with torch.inference_mode():  # load the NMS kernels (and torchvision's, its fallback) now
+        with torch.inference_mode():  # load torchvision's NMS kernel now, not in the first request
             raw = torch.rand((2, 6, 64), device=self.device)
-            rows = torch_letterbox.plan_rows(64, 64, 64, 2)
-            for limits, multi in (([(0.0, 0.5, 10), (0.1, 0.6, 20)], [True, False]), ([(0.0, 0.5, 10)] * 2, None)):
-                torch_nms.postprocess_batch(raw, rows, limits, multi, k=16)
+            for conf, iou, max_det in (((0.0, 0.1), (0.5, 0.6), (10, 20)), ((0.0,), (0.5,), (10,))):
+                torch_decode.decode_batch(raw[: len(conf)], conf, iou, max_det).to_numpy(len(conf))
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         items = batch.each(postprocess_inputs(batch))
@@ -138,7 +143,7 @@ class Postprocess(_GpuRole):
             lb = torch.cat([lb.to(self.device) for _, lb, *_ in items]).cpu().numpy()  # LETTERBOX: 24 bytes an image
             limits = [x for _, _, lim, _ in items for x in lim]
             multi = [x for *_, ml in items for x in ml]
-            dets = torch_nms.postprocess_batch(raw, lb, limits, multi)
+            dets = torch_decode.postprocess_batch(raw, lb, limits, multi)
         sizes = [r.shape[0] for r, *_ in items]
         batch.answer([pad_batch(d) for d in split(dets, sizes)], spec.ENSEMBLE_OUTPUTS)
         return sum(sizes)

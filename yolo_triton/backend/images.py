@@ -25,8 +25,15 @@ T = TypeVar("T")
 
 
 def image_input(pb_utils: ModuleType, request: Any) -> tuple[spec.TensorSpec, Any]:  # noqa: ANN401
-    """(IMAGE or IMAGE_BYTES, its pb_utils.Tensor): the one image input the request carries."""
+    """(IMAGE or IMAGE_BYTES, its pb_utils.Tensor): the one image input the request carries.
+
+    An IMAGE_BYTES of empty elements next to IMAGE carries no image, and is not taken for a second
+    one: perf_analyzer's shared-memory mode must send every optional input, so it measures IMAGE
+    with an empty IMAGE_BYTES beside it (perf.inputs.write_input_data).
+    """
     sent = [(t, x) for t in spec.IMAGE_INPUTS if (x := pb_utils.get_input_tensor_by_name(request, t.name)) is not None]
+    if len(sent) == 2 and sent[0][0] is spec.IMAGE and _no_files(sent[1][1]):
+        return sent[0]
     if len(sent) == 1:
         return sent[0]
     if sent:
@@ -34,6 +41,15 @@ def image_input(pb_utils: ModuleType, request: Any) -> tuple[spec.TensorSpec, An
                          f"{spec.IMAGE_BYTES.name} (encoded files), not both")
     raise InputError(f"no images: send {spec.IMAGE.name} (decoded BGR uint8 pixels, [batch, height, width, 3]) "
                      f"or {spec.IMAGE_BYTES.name} (one encoded JPEG/PNG/WebP file per image, [batch, 1] BYTES)")
+
+
+def _no_files(tensor: Any) -> bool:  # noqa: ANN401
+    """Whether a BYTES tensor holds only empty elements."""
+    try:
+        files = tensor.as_numpy()
+    except Exception:  # noqa: BLE001 - unreadable here: then it is not "no files"
+        return False
+    return files.size > 0 and all(len(f) == 0 for f in files.reshape(-1))
 
 
 def host_pieces(pb_utils: ModuleType, request: Any) -> list[np.ndarray]:  # noqa: ANN401

@@ -102,7 +102,8 @@ def write_input_data(pictures: Sequence[np.ndarray], path: Path, with_defaults: 
     Without `with_defaults` only IMAGE is given, so requests use the server's defaults as a client
     that sends no options does. perf_analyzer 2.51 refuses shared memory for a model with optional
     inputs unless each has data: `with_defaults` sends every option at its default, which asks
-    the server for exactly what leaving them out does."""
+    the server for exactly what leaving them out does, and an empty IMAGE_BYTES, which the server
+    takes for no files (backend.images.image_input)."""
     data = []
     for image in pictures:
         entry: dict = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
@@ -111,6 +112,8 @@ def write_input_data(pictures: Sequence[np.ndarray], path: Path, with_defaults: 
             if t.name not in DEFAULTS:
                 raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
             entry[t.name] = [DEFAULTS[t.name]]
+        if with_defaults:
+            entry[spec.IMAGE_BYTES.name] = [""]
         data.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}))
@@ -128,6 +131,8 @@ def write_encoded_input_data(files: Sequence[bytes], path: Path, with_defaults: 
         entry: dict = {spec.IMAGE_BYTES.name: {"b64": base64.b64encode(raw).decode("ascii")}}
         for t in spec.OPTIONS if with_defaults else ():
             entry[t.name] = [DEFAULTS[t.name]]
+        if with_defaults:
+            entry[spec.IMAGE_BYTES.name] = [""]
         data.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}))
