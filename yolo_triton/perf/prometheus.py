@@ -32,6 +32,8 @@ from yolo_triton.serve.install import stop_group
 
 SCRAPE_S = 1  # every replica is scraped every second, so a run of 20 s has 20 points per replica
 RULE_WINDOW = "10s"  # the recorded rule's rate window here (a cluster scrapes slower: deploy/k8s uses 1m)
+CLUSTER_WINDOW, CLUSTER_BY = "1m", "namespace, pod"  # deploy/k8s/prometheus-rule.yaml's rule
+IDLE_RATE = "1e-9"  # requests/s below which a replica counts as idle
 INSTALL_HINT = "apt-get install prometheus (as root; `make setup` does it)"
 JOB = "triton"
 
@@ -54,8 +56,9 @@ def queue_per_request(window: str, matchers: str = "", by: str = "") -> str:
     grouping labels (`instance` here, `<<.GroupBy>>` for the adapter); none: one figure for all."""
     labels = f'model=~"{spec.QUEUED_MODELS}"' + (f",{matchers}" if matchers else "")
     group = f" by ({by})" if by else ""
+    # An idle replica has no requests: clamped, its queue reads 0 rather than 0/0 (NaN, no value).
     return (f"sum{group}(rate({spec.TRITON_QUEUE_METRIC}{{{labels}}}[{window}]))"
-            f" / sum{group}(rate({spec.TRITON_SUCCESS_METRIC}{{{labels}}}[{window}]))")
+            f" / clamp_min(sum{group}(rate({spec.TRITON_SUCCESS_METRIC}{{{labels}}}[{window}])), {IDLE_RATE})")
 
 
 def queue_over(start: float, end: float) -> str:
@@ -75,7 +78,8 @@ def config(targets: Sequence[str], rules: Path) -> str:
 
 
 def rules() -> str:
-    """The recording rule the HPA's metric is made of, per replica."""
+    """The recording rule the HPA's metric is made of, per replica (deploy/k8s records the same
+    expression per pod, over CLUSTER_WINDOW)."""
     return json.dumps({"groups": [{"name": "yolo_triton", "interval": f"{SCRAPE_S}s", "rules": [
         {"record": spec.QUEUE_PER_REQUEST_RULE, "expr": queue_per_request(RULE_WINDOW, by="instance")},
     ]}]}, indent=1)
