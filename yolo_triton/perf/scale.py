@@ -203,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.kill_at < args.restart_at < 1:
         ap.error("need 0 < --kill-at < --restart-at < 1 (shares of --duration)")
     args.users = args.users or 2 * args.replicas
-    return tg.reported("scale", lambda: _main(args))
+    try:
+        return tg.reported("scale", lambda: _main(args))
+    except KeyboardInterrupt:
+        print("scale: interrupted; every process it started has been stopped", file=sys.stderr, flush=True)
+        return 130
 
 
 def _main(args: argparse.Namespace) -> int:
