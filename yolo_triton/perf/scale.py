@@ -236,7 +236,7 @@ def _main(args: argparse.Namespace) -> int:
     write_meta(out, "scale", {k: v for k, v in s.items() if k not in ("incarnations", "events")})
     b = s["balancer"]
     print(f"scale: the balancer answered {', '.join(f'{n} via {r}' for r, n in sorted(b['answered_by'].items()))}; "
-          f"{b['bad_gateway']} requests lost with a replica and retried by their client", flush=True)
+          f"lost with a replica (502) and retried by their client: {b['bad_gateway']}", flush=True)
     for p in s["problems"]:
         print(f"scale: {p}", file=sys.stderr, flush=True)
     q = s["queue_us_per_request"]
