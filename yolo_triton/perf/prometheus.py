@@ -137,6 +137,18 @@ class Prometheus:
         got = self.query(expr, at)
         return got[0][1] if got else math.nan
 
+    def wait_for_scrape(self, target: str, timeout: float = 5.0) -> bool:
+        """Until Prometheus holds a scrape of `target` (host:port) taken after this call; False
+        when none came within `timeout`. Read right after, a replica's own figures and its scraped
+        ones cover the same requests, less the few that end between the two reads."""
+        asked = time.time()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.scalar(f'timestamp(up{{job="{JOB}",instance="{target}"}})') > asked:
+                return True
+            time.sleep(0.05)
+        return False
+
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
         stop_group(proc, signal.SIGTERM, timeout)

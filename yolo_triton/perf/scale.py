@@ -42,6 +42,7 @@ from yolo_triton.perf import inputs, locust_process
 from yolo_triton.perf import target as tg
 from yolo_triton.perf.balancer import GrpcBalancer, routed
 from yolo_triton.perf.errors import PerfToolError
+from yolo_triton.perf.locust import positive
 from yolo_triton.perf.prometheus import SCRAPE_S, Prometheus, PrometheusUnavailable, find_prometheus, queue_over
 from yolo_triton.perf.replicas import QueueTally, Replicas, served_variant
 from yolo_triton.perf.runs import run_dir, write_meta
@@ -100,6 +101,10 @@ class Run:
                                      self.out / "nginx").start()
         self.prometheus = Prometheus(free_port(), self.replicas.metrics_targets, self.out / "prometheus").start()
         self.record_processes()
+        for target in self.replicas.metrics_targets:  # Prometheus applies new targets after up to 5 s
+            if not self.prometheus.wait_for_scrape(target, timeout=30):
+                raise PrometheusUnavailable(f"Prometheus did not scrape {target} within 30 s "
+                                            f"(see {self.out / 'prometheus'})")
         print(f"scale: replicas {', '.join(self.replicas.urls)}; balancer {self.balancer.url}; "
               f"prometheus {self.prometheus.url}", flush=True)
 
@@ -130,6 +135,7 @@ class Run:
         victim = a.replicas - 1
         self._until(t0, a.kill_at * a.duration, thread)
         if thread.is_alive():
+            self.prometheus.wait_for_scrape(self.replicas.metrics_targets[victim])  # its last life, scraped
             self.note(f"killing replica {victim} ({self.replicas.urls[victim]}) with SIGKILL", t0)
             self.replicas.kill(victim)
             self._until(t0, a.restart_at * a.duration, thread)
@@ -163,6 +169,9 @@ def judge(args: argparse.Namespace, out: Path, run: Run, window: tuple[float, fl
     requests, failed = int(agg.get("Request Count", 0) or 0), int(agg.get("Failure Count", 0) or 0)
     from_prometheus = run.prometheus.scalar(queue_over(start, end), at=end)
     recorded = run.prometheus.query(spec.QUEUE_PER_REQUEST_RULE, at=end - SETTLE_S)
+    by_replica = {metric: {s.get("instance", ""): v for s, v in run.prometheus.query(
+        f'sum by (instance)(increase({metric}{{model=~"{spec.QUEUED_MODELS}"}}[{round(end - start)}s]))', at=end)}
+        for metric in (spec.TRITON_QUEUE_METRIC, spec.TRITON_SUCCESS_METRIC)}
     problems = []
     if rc != 0 or not agg:
         problems.append(f"Locust exited {rc} (log: {out / 'locust.log'})")
@@ -178,6 +187,7 @@ def judge(args: argparse.Namespace, out: Path, run: Run, window: tuple[float, fl
             "users": args.users, "model": args.model, "queued_models": spec.QUEUED_MODELS,
             "queue_us_per_request": {"prometheus": from_prometheus, "triton_statistics": tally.per_request},
             "triton_requests": tally.requests, "incarnations": tally.incarnations,
+            "prometheus_by_replica": by_replica,
             "recorded_rule": {s.get("instance", ""): v for s, v in recorded},
             "balancer": routed(run.balancer.access_log),
             "window": {"start": start, "end": end}, "events": run.events, "problems": problems,
@@ -188,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--replicas", type=int, default=3, help="tritonserver replicas (at least 2: one is killed)")
     ap.add_argument("--duration", type=int, default=60, help="seconds of load (at least 10)")
-    ap.add_argument("--users", type=int, help="Locust users (default: 2 per replica)")
+    ap.add_argument("--users", type=positive(int), help="Locust users (default: 2 per replica)")
     ap.add_argument("--kill-at", type=float, default=0.3, help="share of the run at which a replica is killed")
     ap.add_argument("--restart-at", type=float, default=0.5, help="share of the run at which it is restarted")
-    ap.add_argument("--tolerance", type=float, default=0.10, help="allowed Prometheus vs statistics difference")
+    ap.add_argument("--tolerance", type=positive(float), default=0.10, help="allowed relative difference")
     ap.add_argument("--model", default=spec.ALIAS, help=f"ensemble the users call (default {spec.ALIAS})")
     ap.add_argument("--repo", type=Path, default=DEFAULT_REPO, help="model repository every replica serves")
     ap.add_argument("--runs-dir", type=Path, default=RUNS, help="results go to RUNS_DIR/scale/<timestamp>/")
@@ -224,9 +234,9 @@ def _main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM cleans up like Ctrl-C
     try:
         run.start()
-        window = run.load(samples)
+        start, end, rc = run.load(samples)
         tally = run.replicas.finish()
-        s = judge(args, out, run, window[:2], window[2], tally)
+        s = judge(args, out, run, (start, end), rc, tally)
     except (nginx.ProxyUnavailable, PrometheusUnavailable) as e:
         raise PerfToolError(str(e)) from None
     finally:
