@@ -29,7 +29,7 @@ IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
 # One pattern for every measurement target: a running server when URL= is given.
 URL_ARG := $(if $(URL),--url $(URL),)
 
-.PHONY: help setup build-engines serve demo test lint eval perf locust compare report bench-cpu bench-gpu clean
+.PHONY: help setup build-engines serve demo test lint eval perf locust compare report bench-cpu bench-gpu scale clean
 
 help: ## list targets and variables
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -75,6 +75,10 @@ bench-cpu: setup ## raw ONNX Runtime vs served vs Ultralytics, on the same cores
 
 bench-gpu: setup ## GPU ensemble vs raw FP16 CUDA-graph network vs Ultralytics predict (on a GPU machine)
 	@$(YT) bench-gpu
+
+scale: setup ## REPLICAS (3) tritonservers behind nginx, one killed and restarted under DURATION (60) s of Locust; Prometheus vs Triton queue time
+	@test -f $(REPO)/artefact.json || $(YT) build --weights $(WEIGHTS) --repo $(REPO) $(IMGSZ_ARG) $(if $(filter command line,$(origin WEIGHTS)),,--fallback)
+	@$(YT) scale --repo $(REPO) $(if $(REPLICAS),--replicas $(REPLICAS),) $(if $(DURATION),--duration $(DURATION),)
 
 clean: ## remove generated artefacts (model files, configs, runs/), keep .venv
 	@git clean -fdX model_repository runs >/dev/null; echo "clean: model_repository artefacts and runs/ removed"

@@ -9,38 +9,50 @@ stamp="$venv/.setup-stamp"
 want="$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 
 nginx_present() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
+prometheus_present() { command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]]; }
 
-ensure_nginx() {
-  # HTTP serving puts nginx in front of tritonserver (yolo_triton/http_proxy.py: Triton's own HTTP
-  # endpoint has no size, nesting or decompression limits). gRPC needs nothing from it, so a
-  # failure here costs HTTP only and does not fail the set-up.
-  nginx_present && return 0
+ensure_apt() {
+  # ensure_apt PACKAGE SERVICE PRESENT_CHECK WHAT_NEEDS_IT
+  # Debian tools the project runs as its own children. A failure costs only what needs them (said
+  # in one line) and does not fail the set-up.
+  local pkg="$1" service="$2" present="$3" needs="$4"
+  "$present" && return 0
   if [[ "$(id -u)" -ne 0 ]]; then
-    echo "setup: nginx is not installed, so HTTP serving is unavailable (gRPC is not affected): sudo apt-get install nginx-light"
+    echo "setup: $service is not installed, so $needs is unavailable: sudo apt-get install $pkg"
     return 0
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: nginx is not installed and there is no apt-get here, so HTTP serving is unavailable: install nginx"
+    echo "setup: $service is not installed and there is no apt-get here, so $needs is unavailable: install $pkg"
     return 0
   fi
-  echo "setup: installing nginx-light (the HTTP front for tritonserver)"
+  echo "setup: installing $pkg (for $needs)"
   local log
   log="$(mktemp)"
   if DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1 \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >>"$log" 2>&1 && nginx_present; then
-    echo "setup: nginx installed"
-    # The package starts Debian's default site (port 80, every interface) where services may start.
-    # The project runs its own nginx per server; nothing should listen that nobody asked for.
-    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
-    if command -v service >/dev/null 2>&1; then service nginx stop >/dev/null 2>&1 || true; fi
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >>"$log" 2>&1 \
+    && "$present"; then
+    echo "setup: $pkg installed"
+    # Packages start their service (nginx: Debian's default site on port 80, every interface;
+    # prometheus: port 9090) where services may start. The project runs its own instances with
+    # their own configuration; nothing should listen that nobody asked for.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+    if command -v service >/dev/null 2>&1; then service "$service" stop >/dev/null 2>&1 || true; fi
   else
-    echo "setup: could not install nginx-light, so HTTP serving is unavailable: $(grep -E '^(E|W):' "$log" | tail -n 1 || tail -n 1 "$log")"
+    echo "setup: could not install $pkg, so $needs is unavailable: $(grep -E '^(E|W):' "$log" | tail -n 1 || tail -n 1 "$log")"
   fi
   rm -f "$log"
 }
 
+ensure_tools() {
+  # HTTP serving puts nginx in front of tritonserver (yolo_triton/serve/http_proxy.py: Triton's own
+  # HTTP endpoint has no size, nesting or decompression limits); `make scale` balances gRPC with it.
+  ensure_apt nginx-light nginx nginx_present "HTTP serving and make scale (gRPC is not affected)"
+  # `make scale` scrapes the replicas with a real Prometheus (yolo_triton/perf/prometheus.py).
+  ensure_apt prometheus prometheus prometheus_present "make scale"
+}
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  ensure_nginx
+  ensure_tools
   exit 0
 fi
 
@@ -69,4 +81,4 @@ echo "setup: installing pinned dependencies (first run downloads a few GB)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "$want" > "$stamp"
 echo "setup: $venv ready"
-ensure_nginx
+ensure_tools

@@ -25,6 +25,7 @@ report     yolo_triton.perf.report        one Markdown report with plots from th
 bench-cpu  yolo_triton.perf.bench_cpu     raw ONNX Runtime vs the served CPU variants vs Ultralytics
 bench-gpu  yolo_triton.perf.bench_gpu     raw FP16 network vs the served GPU variants vs Ultralytics
 soak       yolo_triton.perf.soak          hours of load: memory, latency and errors over time
+scale      yolo_triton.perf.scale         replicas behind a gRPC balancer, one crashed under load, Prometheus queue time
 """
 COMMANDS: dict[str, tuple[str, str]] = {
     name: (module, what) for name, module, what in (line.split(maxsplit=2) for line in _TABLE.strip().splitlines())

@@ -83,6 +83,16 @@ STAGE_DURATION_METRIC = "yolo_triton_stage_duration_us"  # {model, stage}: micro
 STAGE_EXECUTIONS_METRIC = "yolo_triton_executions_total"  # {model}: execute() calls
 STAGE_IMAGES_METRIC = "yolo_triton_images_total"  # {model}: images those calls served
 
+# Triton's own per-model counters on the metrics port, and the signal the autoscaler scales on
+# (deploy/k8s, yolo_triton.perf.scale): queue time per request = rate(queue) / rate(successes).
+# It is read on the model that queues: the python model behind the ensemble clients call (its
+# dynamic batcher holds the waiting requests); an ensemble's own queue counter stays near zero.
+TRITON_QUEUE_METRIC = "nv_inference_queue_duration_us"  # {model, version}: microseconds waited in the queue
+TRITON_SUCCESS_METRIC = "nv_inference_request_success"  # {model, version}: requests answered
+QUEUED_MODELS = "pipeline_.*|detector_.*"  # regex on the `model` label: the models that run the network
+QUEUE_PER_REQUEST_RULE = "yolo_triton:queue_us_per_request"  # Prometheus recording rule, per replica
+QUEUE_PER_REQUEST_METRIC = "triton_queue_us_per_request"  # what prometheus-adapter serves the HPA
+
 # Bounds that keep one request from exhausting the server (see validation.py).
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 40_000_000

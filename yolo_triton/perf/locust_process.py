@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from yolo_triton.paths import ROOT
@@ -30,12 +31,16 @@ def command(csv_prefix: Path, url: str, model: str, users: int, spawn_rate: floa
             *options]
 
 
-def run(cmd: list[str], log: Path, limit_s: float, tool: str, echo: bool = True) -> int:
-    """Run Locust, keeping its output in `log` (and showing it as it comes, with `echo`)."""
+def run(cmd: list[str], log: Path, limit_s: float, tool: str, echo: bool = True,
+        started: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Run Locust, keeping its output in `log` (and showing it as it comes, with `echo`);
+    `started` is handed the process (a caller running this in a thread can end it)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.monotonic()
     with log.open("w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                               env=env, cwd=ROOT) as proc:
+        if started is not None:
+            started(proc)
         watchdog = threading.Timer(limit_s, proc.kill)
         watchdog.start()
         try:

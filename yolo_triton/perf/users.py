@@ -6,6 +6,9 @@ client and sends real photos in turn with the default thresholds. Its pace is ei
 back with an optional pause (--think-time, the load test) or a constant rate per user
 (--triton-rate, the soak). Every reply is decoded, so a malformed answer counts as a failure
 like a gRPC error does; with --triton-classes it is also checked in full (replies.malformed).
+With --triton-retries a request the server could not take (detector.retryable: UNAVAILABLE, as a
+balancer answers for a replica lost with the request in flight) is sent again within its deadline,
+and counts once, with the time of all its attempts.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from locust.env import Environment  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from yolo_triton import spec  # noqa: E402
-from yolo_triton.client.detector import OUTPUTS, build_inputs, encoded_input, parse_outputs  # noqa: E402
+from yolo_triton.client.detector import OUTPUTS, build_inputs, encoded_input, parse_outputs, retryable  # noqa: E402
 from yolo_triton.perf import inputs  # noqa: E402
 from yolo_triton.perf.errors import PerfToolError  # noqa: E402
 from yolo_triton.perf.replies import GrpcError, Malformed, malformed  # noqa: E402
@@ -60,7 +63,11 @@ OPTIONS = (
     ("--triton-classes", int, 0, None, "check every reply in full, class ids below this (0: decode only)"),
     ("--triton-encoded", int, 0, "YOLO_TRITON_ENCODED",
      "1: send each photo's own file bytes (IMAGE_BYTES, decoded on the server), as a remote client does"),
+    ("--triton-retries", int, 0, None,
+     "retries of a request the server could not take (UNAVAILABLE: a replica lost behind a balancer), "
+     "within --request-timeout"),
 )
+RETRY_BACKOFF_S = (0.05, 1.0)  # first pause before a retry, and the cap of its doubling
 
 
 @events.init_command_line_parser.add_listener
@@ -101,6 +108,7 @@ class TritonGrpcUser(User):
         self.model = opts.triton_model
         self.timeout = opts.request_timeout
         self.num_classes = opts.triton_classes
+        self.retries = opts.triton_retries
         self.client = _Client(opts.triton_url)
         _CLIENTS.add(self.client)
         # per-user request tensors, built once: a load test measures the server, not numpy copies
@@ -128,21 +136,40 @@ class TritonGrpcUser(User):
         image, request = self.requests[self.turn % len(self.requests)]
         self.turn += 1
         start = time.perf_counter()
-        length, error = 0, None
-        try:
-            result = self.client.infer(self.model, request, outputs=OUTPUTS, client_timeout=self.timeout)
-            length = result.get_response().ByteSize()
-            self._check(result, image)
-        except InferenceServerException as e:
-            # its repr is empty; Locust groups failures by repr, so carry the status and message
-            error = GrpcError(f"{(e.status() or 'UNKNOWN').removeprefix('StatusCode.')}: {e.message() or e}")
-        except Exception as e:  # noqa: BLE001 - every error is reported to Locust as a failure
-            error = e
+        length, error, retried = 0, None, 0
+        while True:
+            try:
+                result = self._infer(request, start)
+                length = result.get_response().ByteSize()
+                self._check(result, image)
+            except InferenceServerException as e:
+                if self._retry(e, start, retried):
+                    retried += 1
+                    continue
+                # its repr is empty; Locust groups failures by repr, so carry the status and message
+                error = GrpcError(f"{(e.status() or 'UNKNOWN').removeprefix('StatusCode.')}: {e.message() or e}")
+            except Exception as e:  # noqa: BLE001 - every error is reported to Locust as a failure
+                error = e
+            break
         self.environment.events.request.fire(
             request_type="grpc",
             name=self.model,
             response_time=(time.perf_counter() - start) * 1e3,
             response_length=length,
             exception=error,
-            context={"image": image},
+            context={"image": image, "retries": retried},
         )
+
+    def _infer(self, request: list[grpcclient.InferInput], start: float) -> grpcclient.InferResult:
+        """One attempt, with what is left of the request's deadline."""
+        left = self.timeout - (time.perf_counter() - start)
+        return self.client.infer(self.model, request, outputs=OUTPUTS, client_timeout=max(left, 1e-3))
+
+    def _retry(self, e: InferenceServerException, start: float, retried: int) -> bool:
+        """Whether to try again (detector.retryable, as DetectorClient does), after a capped pause."""
+        pause = min(RETRY_BACKOFF_S[0] * 2**retried, RETRY_BACKOFF_S[1])
+        left = self.timeout - (time.perf_counter() - start)
+        if retried >= self.retries or left <= pause or not retryable(str(e.status()), e.message() or str(e)):
+            return False
+        time.sleep(pause)  # gevent's sleep under Locust: the other users go on
+        return True

@@ -20,19 +20,14 @@ Each refusal answers JSON `{"error": ...}` naming the limit and what to do inste
 
 from __future__ import annotations
 
-import contextlib
-import grp
 import http.client
-import os
-import pwd
 import re
-import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-from yolo_triton.serve.install import die_with_parent
+from yolo_triton.serve import nginx
+from yolo_triton.serve.nginx import INSTALL_HINT, SBIN_NGINX, ProxyUnavailable, bracket
+
+__all__ = ["INSTALL_HINT", "SBIN_NGINX", "HttpProxy", "ProxyUnavailable", "find_nginx"]
 
 PROXY_KEY_HEADER = "x-yolo-proxy-key"
 # A 64-image batch (spec.MAX_BATCH) of 1080p photos as binary UINT8 tensors is
@@ -45,22 +40,11 @@ MAX_JSON_BODY = "32k"
 MAX_JSON_HEADER_DIGITS = 4  # Inference-Header-Content-Length <= 9999: the JSON part of a binary request
 # Goes into the nginx config and Triton's flag: no quotes, ';', '$', ',', ':' or '='.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,}")
-SBIN_NGINX = Path("/usr/sbin/nginx")  # Debian's location; /usr/sbin is not on a normal user's PATH
-INSTALL_HINT = "apt-get install nginx-light (as root; `make setup` does it)"
-
-
-class ProxyUnavailable(RuntimeError):
-    """The HTTP proxy cannot run here; the message says what to do."""
 
 
 def find_nginx() -> Path:
-    """The nginx binary: PATH first, then Debian's /usr/sbin/nginx."""
-    found = shutil.which("nginx")
-    if found:
-        return Path(found)
-    if os.access(SBIN_NGINX, os.X_OK):
-        return SBIN_NGINX
-    raise ProxyUnavailable(f"HTTP serving needs nginx in front of tritonserver and none is installed: {INSTALL_HINT}")
+    """The nginx binary (serve.nginx.find_nginx), or ProxyUnavailable saying what to install."""
+    return nginx.find_nginx("HTTP serving in front of tritonserver")
 
 
 def _check_key(key: str) -> None:
@@ -91,26 +75,14 @@ NOT_FOUND = _error(404, "not found: this proxy serves the KServe v2 API under /v
 
 CONFIG = """\
 # Rendered by yolo_triton.http_proxy for one launch. It holds the proxy key: mode 0600.
-%(user)s
-worker_processes 1;
-pid %(state)s/nginx.pid;
-lock_file %(state)s/nginx.lock;
-error_log %(state)s/error.log warn;
-
-events {
-    worker_connections 1024;
-}
+%(main)s
 
 http {
     server_tokens off;
     access_log off;
     default_type application/json;
 
-    client_body_temp_path %(state)s/temp/body;
-    proxy_temp_path %(state)s/temp/proxy;
-    fastcgi_temp_path %(state)s/temp/fastcgi;
-    uwsgi_temp_path %(state)s/temp/uwsgi;
-    scgi_temp_path %(state)s/temp/scgi;
+%(temp_paths)s
 
     client_max_body_size %(max_body)d;
     client_body_buffer_size 1m;  # bodies beyond it wait in temp/body until complete
@@ -187,111 +159,55 @@ http {
 ERRORS_BUT_413 = "error_page 501 @bad_transfer_encoding; error_page 502 503 504 @upstream_down;"
 
 
-class HttpProxy:
+class HttpProxy(nginx.NginxProcess):
     """nginx on listen_host:listen_port in front of Triton's HTTP endpoint on 127.0.0.1:upstream_port.
 
     `state_dir` is the proxy's own (made 0700): config, pid, error log and body temp files.
-    nginx runs in a session of its own, so a Ctrl-C meant for the launcher does not cut HTTP
-    requests in flight (stop() ends them gracefully). With `die_with_parent` (the launcher) it gets
+    nginx runs in a session of its own (serve.nginx.NginxProcess), so a Ctrl-C meant for the
+    launcher does not cut HTTP requests in flight. With `die_with_parent` (the launcher) it gets
     SIGTERM when the thread that called start() ends, so a killed launcher leaves no nginx holding
     the port.
     """
 
+    name = "nginx (the HTTP proxy)"
+
     def __init__(self, listen_host: str, listen_port: int, upstream_port: int, proxy_key: str,
                  state_dir: Path, max_body_bytes: int = DEFAULT_MAX_BODY, die_with_parent: bool = False) -> None:
         _check_key(proxy_key)
-        self.die_with_parent = die_with_parent
         if max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive (nginx reads 0 as no limit)")
+        super().__init__(state_dir, die_with_parent)
         self.listen_host = listen_host
         self.listen_port = listen_port
         self.upstream_port = upstream_port
         self.proxy_key = proxy_key
-        self.state_dir = Path(state_dir).resolve()
         self.max_body_bytes = max_body_bytes
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         """host:port for clients (a wildcard listen address is reached on loopback)."""
-        return f"{_bracket(self._client_host)}:{self.listen_port}"
+        return f"{bracket(self._client_host)}:{self.listen_port}"
 
     @property
     def _client_host(self) -> str:
         return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.listen_host, self.listen_host)
 
-    @property
-    def config_path(self) -> Path:
-        return self.state_dir / "nginx.conf"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / "nginx.pid"
-
-    @property
-    def error_log(self) -> Path:
-        return self.state_dir / "error.log"
-
     def render(self) -> str:
         """The nginx configuration, for this user and these ports."""
-        state = str(self.state_dir)
-        if re.search(r"[\s;'\"${}#\\]", state):
-            raise ValueError(f"state_dir must not contain spaces or nginx syntax characters: {state!r}")
-        user = ""
-        if os.geteuid() == 0:  # workers would run as `nobody`, who cannot write state_dir (0700)
-            user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+        state = self.state
         too_large = _error(413, f"request body over the proxy limit of {self.max_body_bytes} bytes: send fewer or "
                                 "smaller images per request")
         return CONFIG % {
-            "user": user, "state": state, "max_body": self.max_body_bytes, "upstream": self.upstream_port,
+            "main": nginx.main_context(state), "state": state, "temp_paths": nginx.temp_paths(state),
+            "max_body": self.max_body_bytes, "upstream": self.upstream_port,
             "key_header": PROXY_KEY_HEADER, "key": self.proxy_key,
-            "listen": f"{_bracket(self.listen_host or '0.0.0.0')}:{self.listen_port}",
+            "listen": f"{bracket(self.listen_host or '0.0.0.0')}:{self.listen_port}",
             "errors": "error_page 413 @too_large; " + ERRORS_BUT_413, "errors_but_413": ERRORS_BUT_413,
             "origin": ORIGIN, "content_encoding": CONTENT_ENCODING, "json_header": JSON_HEADER,
             "digits": MAX_JSON_HEADER_DIGITS, "max_json": MAX_JSON_BODY, "not_found": NOT_FOUND,
             "too_large": too_large, "json_too_large": JSON_TOO_LARGE,
             "bad_transfer_encoding": BAD_TRANSFER_ENCODING, "upstream_down": UPSTREAM_DOWN,
         }
-
-    def _write_config(self) -> None:
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
-        (self.state_dir / "temp").mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)  # O_CREAT's mode does not apply to an existing file
-            f.write(self.render())
-
-    def start(self, timeout: float = 10.0) -> HttpProxy:
-        """Run nginx in the foreground as a child; return once it answers HTTP on the listen port."""
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        binary = find_nginx()
-        self._write_config()
-        self.pid_file.unlink(missing_ok=True)
-        with open(self.error_log, "ab") as log:  # errors before nginx reads error_log go to stderr: here too
-            self.proc = subprocess.Popen(
-                [str(binary), "-p", f"{self.state_dir}/", "-c", str(self.config_path), "-g", "daemon off;"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                preexec_fn=die_with_parent if self.die_with_parent else None,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ProxyUnavailable(f"nginx exited with code {self.proc.returncode}: {self._log_tail()}")
-            if self._is_ours() and self._answers():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise ProxyUnavailable(f"nginx did not answer on {self.url} within {timeout:.0f}s: {self._log_tail()}")
-
-    def _is_ours(self) -> bool:
-        """nginx writes its pid file once it holds the listening socket; until then an answer on
-        the port may come from someone else's server (nginx retries a busy port for 2.5 s)."""
-        try:
-            return self.proc is not None and self.pid_file.read_text().strip() == str(self.proc.pid)
-        except OSError:
-            return False
 
     def _answers(self) -> bool:
         """Any HTTP answer (here our 404) means a worker is serving, not just that the socket is bound."""
@@ -305,33 +221,9 @@ class HttpProxy:
         finally:
             conn.close()
 
-    def _log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.error_log.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no error log)"
-        return " | ".join(text[-lines:]) or "(error log empty)"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGQUIT: nginx stops listening, requests in flight finish), after `timeout`
-        SIGKILL to its process group (master and workers, all started here)."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the master is not reaped yet: its group id is still ours
-            proc.wait()
+    def start(self, timeout: float = 10.0) -> HttpProxy:
+        super().start(timeout)
+        return self
 
     def __enter__(self) -> HttpProxy:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

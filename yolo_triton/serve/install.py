@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,20 @@ def die_with_parent() -> None:
     (`Server(die_with_parent=True)`), never a library caller that may start from a short-lived one."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_group(proc: subprocess.Popen | None, sig: int, timeout: float) -> None:
+    """Stop a child started in a session of its own: `sig` (its graceful stop), then after `timeout`
+    SIGKILL to its whole process group (its workers or stubs, all started by it)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the leader is not reaped yet: its group id is still ours
+        proc.wait()
 
 
 class LaunchError(RuntimeError):

@@ -272,10 +272,18 @@ class Server:
         return self.proc
 
     def start(self, timeout: float = 300.0) -> Server:
+        return self.launch().ready(timeout)
+
+    def launch(self) -> Server:
+        """Start tritonserver without waiting for it (several replicas load their models at once)."""
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.spawn(self._out)
+        return self
+
+    def ready(self, timeout: float = 300.0) -> Server:
+        """Wait until the launched server serves every model, then start its front and watchdog."""
         self.wait_ready(timeout)
         self.start_front()
         self.start_watchdog()

@@ -177,6 +177,12 @@ class StubWatchdog:
             reloaded.append(model)
         return reloaded
 
+    def unlink_regions(self) -> None:
+        """After the server itself was killed: remove the regions of every stub it had (Triton's
+        own shutdown does this; a killed server leaves them in /dev/shm, holding their memory)."""
+        for stub in self._stubs.values():
+            self._unlink_region(stub)
+
     def _unlink_region(self, stub: Stub) -> None:
         if stub.shm_region:
             with contextlib.suppress(OSError):
