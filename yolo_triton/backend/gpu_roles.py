@@ -34,6 +34,10 @@ class _GpuRole:
         self.device = gpu_tensors.gpu_device(pb_utils, margs.device_id, margs.name)
         self.io = gpu_tensors.TorchIO()
         self.pb = pb_utils
+        # nvJPEG only when the config asks ("nvjpeg": "1"): served under load on an H200, the stub
+        # died at the first encoded requests, which plain-process decode_jpeg did not do (the cause
+        # is not found yet); OpenCV on the host is the default, as on the CPU models.
+        self.nvjpeg = margs.params.get("nvjpeg", "0") == "1"
 
     def images(self, batch: Requests, request: Any) -> list[torch.Tensor]:  # noqa: ANN401
         """One request's images on this GPU as pieces (backend.images): IMAGE, its shape checked
@@ -43,7 +47,7 @@ class _GpuRole:
             check_image_shape(t.shape())
             return [gpu_tensors.on_device(t, self.device)]
         # BYTES never leave the host (no DLPack for them): the stub's NumPy object array.
-        return torch_encoded.decode_all(encoded.images_of(t.as_numpy()), self.device)
+        return torch_encoded.decode_all(encoded.images_of(t.as_numpy()), self.device, self.nvjpeg)
 
     @staticmethod
     def synchronized(batch: Requests, results: list, outputs: tuple, device: torch.device) -> None:

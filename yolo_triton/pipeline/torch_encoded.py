@@ -32,12 +32,12 @@ def _nvjpeg(files: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
     return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device)
 
 
-def decode_all(files: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
+def decode_all(files: Sequence[bytes], device: torch.device, nvjpeg: bool = True) -> list[torch.Tensor]:
     """Every file of a request -> (1, H, W, 3) BGR uint8 on `device`, in order; InputError naming
-    the first file that is refused."""
+    the first file that is refused. Without `nvjpeg` every file is decoded on the host."""
     headers = [encoded.read_header(f, i) for i, f in enumerate(files)]
     out: list[torch.Tensor | None] = [None] * len(files)
-    gpu = [i for i, h in enumerate(headers) if h.nvjpeg]
+    gpu = [i for i, h in enumerate(headers) if h.nvjpeg] if nvjpeg else []
     if gpu:
         try:
             decoded = _nvjpeg([files[i] for i in gpu], device)
