@@ -159,7 +159,7 @@ class GpuPipeline:
         limits: Sequence[Limits], multi: Sequence[list[bool]], keep: Sequence[int] | None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """NMS for the kept requests: from the bucket's NMS graph on the last replay's output, or,
-        with MULTI_LABEL (wider candidates) or an eager network output, `torch_nms` eagerly."""
+        with MULTI_LABEL (anchors x classes candidates) or an eager network output, `torch_decode`."""
         sizes = run.sizes
         keep = list(range(len(sizes))) if keep is None else list(keep)
         offsets = np.cumsum([0, *sizes])
@@ -182,7 +182,7 @@ class GpuPipeline:
         else:
             on_device = torch.from_numpy(index).to(raw.device)
             picked = None if best is None else (best[0][on_device], best[1][on_device])
-            dets = torch_nms.postprocess_batch(raw[on_device], rows, flat_limits, flat_multi, picked)
+            dets = torch_decode.postprocess_batch(raw[on_device], rows, flat_limits, flat_multi, picked)
         out, start = [], 0
         for k in keep:
             out.append(pad_batch(dets[start : start + sizes[k]]))
