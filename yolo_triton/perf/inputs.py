@@ -108,13 +108,22 @@ def write_input_data(pictures: Sequence[np.ndarray], path: Path, with_defaults: 
     for image in pictures:
         entry: dict = {spec.IMAGE.name: {"b64": base64.b64encode(np.ascontiguousarray(image).tobytes()).decode("ascii"),
                                          "shape": list(image.shape)}}
-        for t in spec.OPTIONS if with_defaults else ():
-            if t.name not in DEFAULTS:
-                raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
-            entry[t.name] = [DEFAULTS[t.name]]
         if with_defaults:
             entry[spec.IMAGE_BYTES.name] = [""]
-        data.append(entry)
+        data.append(_with_options(entry, with_defaults))
+    return _write(data, path)
+
+
+def _with_options(entry: dict, with_defaults: bool) -> dict:
+    """`entry` with every option at its server default, when asked."""
+    for t in spec.OPTIONS if with_defaults else ():
+        if t.name not in DEFAULTS:
+            raise KeyError(f"no default for optional input {t.name}: shared memory needs data for it")
+        entry[t.name] = [DEFAULTS[t.name]]
+    return entry
+
+
+def _write(data: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": data}))
     return path
@@ -128,12 +137,6 @@ def write_encoded_input_data(files: Sequence[bytes], path: Path, with_defaults: 
     data = []
     for f in files:
         raw = len(f).to_bytes(4, "little") + bytes(f)
-        entry: dict = {spec.IMAGE_BYTES.name: {"b64": base64.b64encode(raw).decode("ascii")}}
-        for t in spec.OPTIONS if with_defaults else ():
-            entry[t.name] = [DEFAULTS[t.name]]
-        if with_defaults:
-            entry[spec.IMAGE_BYTES.name] = [""]
-        data.append(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"data": data}))
-    return path
+        entry = {spec.IMAGE_BYTES.name: {"b64": base64.b64encode(raw).decode("ascii")}}
+        data.append(_with_options(entry, with_defaults))
+    return _write(data, path)
