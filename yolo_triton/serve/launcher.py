@@ -63,6 +63,8 @@ class Plan:
     load: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     alias: spec.Variant | None = None
+    why: str = ""  # why `alias` was chosen, one line
+    passed_over: dict[str, str] = field(default_factory=dict)  # faster loadable variants not chosen, and why
 
 
 def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | None = None) -> Plan:
@@ -70,6 +72,7 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
     if not (repo / repository.FACTS_FILE).exists():
         raise LaunchError(f"no built model in {repo}: run `make build-engines` first")
     plan = Plan()
+    loadable: list[spec.Variant] = []
     for v in spec.VARIANTS:
         if only and v.key not in only:
             continue
@@ -84,12 +87,27 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
             for m in v.models:
                 if m not in plan.load:
                     plan.load.append(m)
-            if plan.alias is None or spec.FASTEST_FIRST.index(v.key) < spec.FASTEST_FIRST.index(plan.alias.key):
-                plan.alias = v
-    if plan.alias is None:
+            loadable.append(v)
+    if not loadable:
         raise LaunchError("no variant can be served here: " + "; ".join(f"{k}: {r}" for k, r in plan.skipped.items()))
+    _choose_alias(plan, repo, loadable)
     plan.load.append(spec.ALIAS)
     return plan
+
+
+def _choose_alias(plan: Plan, repo: Path, loadable: list[spec.Variant]) -> None:
+    """`yolov8n` = the first loadable variant of spec.FASTEST_FIRST whose accuracy gate passed
+    (repository.gate: only quantised runtimes have one). If none passed, the fastest loadable."""
+    from yolo_triton.repository import gate
+
+    ranked = sorted(loadable, key=lambda v: spec.FASTEST_FIRST.index(v.key))
+    for v in ranked:
+        ok, why = gate.verdict(repo, v.runtime)
+        if ok:
+            plan.alias, plan.why = v, f"fastest loadable variant whose accuracy holds ({why})"
+            return
+        plan.passed_over[v.ensemble] = why
+    plan.alias, plan.why = ranked[0], "no loaded variant passed its accuracy gate: the fastest loaded one"
 
 
 def _unservable(repo: Path, v: spec.Variant) -> str | None:
@@ -359,7 +377,8 @@ class Server:
 
     def describe(self) -> str:
         lines = [f"tritonserver: {self.install.binary}{' (bundled)' if self.install.bundled else ''}"]
-        lines.append(f"yolov8n -> {self.plan.alias.ensemble if self.plan.alias else '-'}")
+        lines.append(f"yolov8n -> {self.plan.alias.ensemble if self.plan.alias else '-'}: {self.plan.why}")
+        lines += [f"not chosen {name}: {why}" for name, why in self.plan.passed_over.items()]
         lines += [f"skipped {name}: {why}" for name, why in self.plan.skipped.items()]
         lines.append(f"admin key (model control, shared memory, logging, trace): in {self.secrets.admin}")
         return "\n".join(lines)
