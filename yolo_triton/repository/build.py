@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         repository.write(repo, facts)
         # A repository exported elsewhere still needs this machine's TensorRT plan.
         onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
-        print(f"build-engines: {_int8(onnx, facts, repo, args, used)}", flush=True)
+        if not _report_int8(onnx, facts, repo, args, used):
+            return 2
         print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
         return 0
 
@@ -109,13 +110,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
           f"{len(facts.names)} classes, dynamic batch)", flush=True)
 
-    print(f"build-engines: {_int8(onnx, facts, repo, args, used)}", flush=True)
+    if not _report_int8(onnx, facts, repo, args, used):
+        return 2
 
     from yolo_triton.repository import gpu_export
 
     print(f"build-engines: {gpu_export.export_for_gpu(model, facts, repo)}", flush=True)
     print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
     return 0
+
+
+def _report_int8(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace,
+                 weights: str) -> bool:
+    """Print the INT8 step's outcome; False when the caller's --calib-images cannot be used."""
+    from yolo_triton.repository.quantize import QuantizeError
+
+    try:
+        print(f"build-engines: {_int8(onnx, facts, repo, args, weights)}", flush=True)
+    except QuantizeError as e:
+        print(f"build-engines: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def _int8(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace, weights: str) -> str:
@@ -131,6 +146,8 @@ def _int8(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.N
             files = quantize.calibration_files(folder)
             quantize.quantize(onnx, first, files, facts.imgsz)
         except quantize.QuantizeError as e:
+            if args.calib_images:  # asked for: the caller's mistake, not a step to skip
+                raise
             return f"INT8 skipped: {e}"
         made = f"INT8 (QDQ) calibrated on {len(files)} images from {folder}; "
         for r in int8_runtimes[1:]:
