@@ -120,7 +120,7 @@ def test_alias_serves_the_fastest_variant_this_server_loads(server, client):
 def test_shared_memory_input_gives_the_same_detections(server, client):
     """Pixels handed over in a registered system shared-memory region instead of the gRPC message."""
     images = list(sample_images().values())
-    with DetectorClient(server.url, timeout_s=60, shared_memory=True) as shm_client:
+    with DetectorClient(server.url, model=client.model, timeout_s=60, shared_memory=True) as shm_client:
         for image in images + images[:1]:  # regrows the region for larger images, then reuses it
             got = shm_client.detect(image).detections
             want = client.detect(image).detections
