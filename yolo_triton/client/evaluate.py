@@ -153,7 +153,12 @@ def write_val_split(root: Path, count: int = DEFAULT_VAL_COUNT, seed: int = DEFA
     from yolo_triton.data import synth
 
     synth.generate_split(root, "val", count, seed)
-    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(synth.CLASS_NAMES))
+    return write_val_yaml(root, synth.CLASS_NAMES)
+
+
+def write_val_yaml(root: Path, class_names: tuple[str, ...] | list[str]) -> Path:
+    """`root/data.yaml` for a folder with images/val and labels/val (the only split)."""
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(class_names))
     yaml_path = root / "data.yaml"
     yaml_path.write_text(f"path: {root.resolve().as_posix()}\ntrain: images/val\nval: images/val\nnames:\n{names}")
     return yaml_path
@@ -177,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     facts = repository.read_facts(args.repo)
-    weights = args.weights or facts.source
+    from yolo_triton.data import crowded
+
+    weights = crowded.resolve(args.weights or facts.source)
     if args.data == DEFAULT_DATA:
         ensure_default_dataset(args.data)
     files, data = val_images(args.data, args.limit)

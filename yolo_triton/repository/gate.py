@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo_triton import spec
+from yolo_triton.paths import SAMPLES
 from yolo_triton.repository.facts import ModelFacts
 
 GATE_FILE = "gate.json"
@@ -50,31 +52,52 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _labelled_data(facts: ModelFacts, data: Path | None, tmp: Path) -> Path | None:
-    """The gate's validation set: `data`, else the demo val split for a checkpoint with its classes."""
+def _labelled_data(facts: ModelFacts, weights: str, data: Path | None, tmp: Path) -> tuple[Path, str]:
+    """The gate's validation set and what it is: `data`; else the demo val split for a checkpoint
+    with its classes; else the shipped samples labelled by Ultralytics' FP32 predict (`pseudo_labelled`)."""
     from yolo_triton.client import evaluate
     from yolo_triton.data import synth
 
     if data is not None:
-        return data
+        return data, str(data)
     if tuple(facts.names) == tuple(synth.CLASS_NAMES):
-        return evaluate.write_val_split(tmp, count=GATE_IMAGES)
-    return None
+        return evaluate.write_val_split(tmp, count=GATE_IMAGES), "the demo val split"
+    return pseudo_labelled(weights, facts, tmp), f"{SAMPLES.name} labelled by Ultralytics FP32 predict"
+
+
+def pseudo_labelled(weights: str, facts: ModelFacts, root: Path) -> Path:
+    """The shipped samples with Ultralytics' FP32 predictions (confidence 0.25) as their labels.
+
+    A checkpoint without labelled data of its classes (the crowded one, a user's) is still gated:
+    then the gate measures how far INT8 moves from what FP32 finds, scored like any labels."""
+    from ultralytics import YOLO
+
+    from yolo_triton.client import evaluate, images
+
+    model = YOLO(weights)
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for path in sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in images.IMAGE_SUFFIXES):
+        box = model.predict(images.read(path), imgsz=facts.imgsz, rect=False, conf=spec.DEFAULT_CONF,
+                            verbose=False)[0].boxes
+        rows = np.column_stack([box.cls.numpy(), box.xywhn.numpy()])
+        shutil.copy(path, root / "images" / "val" / path.name)
+        np.savetxt(root / "labels" / "val" / f"{path.stem}.txt", rows, fmt=["%d"] + ["%.6f"] * 4)
+    return evaluate.write_val_yaml(root, facts.names)
 
 
 def run(int8: Path, facts: ModelFacts, weights: str, data: Path | None = None,
         limit: int = GATE_IMAGES) -> GateResult:
     """INT8 mAP50-95 (in process) against Ultralytics FP32 val on the same images."""
     from yolo_triton.client import evaluate
+    from yolo_triton.data import crowded
     from yolo_triton.pipeline.cpu import CpuPipeline
     from yolo_triton.pipeline.postprocess import unpad
 
+    weights = crowded.resolve(weights)  # a repository built with `--weights crowded` records that name
     digest = sha256(int8)
     with tempfile.TemporaryDirectory() as tmp:
-        data_yaml = _labelled_data(facts, data, Path(tmp))
-        if data_yaml is None:
-            return GateResult("int8", False, "no labelled validation set for this checkpoint's classes: "
-                              "build with --gate-data DATA.yaml to gate INT8", artefact_sha256=digest)
+        data_yaml, what = _labelled_data(facts, weights, data, Path(tmp))
         files, meta = evaluate.val_images(data_yaml, limit)
         if len(meta["names"]) != len(facts.names) or not files:
             return GateResult("int8", False, f"--gate-data {data_yaml}: {len(files)} images, "
@@ -94,7 +117,7 @@ def run(int8: Path, facts: ModelFacts, weights: str, data: Path | None = None,
     delta = ours.map50_95 - ref.map50_95
     passed = delta >= -GATE_BOUND
     reason = (f"INT8 mAP50-95 {ours.map50_95:.4f} vs Ultralytics FP32 {ref.map50_95:.4f} "
-              f"(delta {delta:+.4f}, bound -{GATE_BOUND}) on {len(files)} images")
+              f"(delta {delta:+.4f}, bound -{GATE_BOUND}) on {len(files)} images of {what}")
     return GateResult("int8", passed, reason, ours.map50_95, ref.map50_95, len(files), digest)
 
 
