@@ -154,7 +154,7 @@ def _int8(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.N
             _link_or_copy(first, repo / r.detector / "1" / "model.onnx")
     result = None if made or args.gate_data else gate.recorded(repo, int8_runtimes[0])
     if result is None:
-        result = gate.run(first, facts, weights, args.gate_data)
+        result = gate.run(first, onnx, facts, weights, args.gate_data)
         gate.record(repo, result)
     return made + ("gate passed: " if result.passed else "gate NOT passed (yolov8n stays FP32): ") + result.reason
 
