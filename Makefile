@@ -23,6 +23,7 @@ SPAWN_RATE ?=## locust: users started per second
 DURATION ?=## locust: run time, e.g. 60s
 # e.g. TRT_ARGS="--trt-precision int8 --calib-images DIR" (see yolo-triton build --help)
 TRT_ARGS ?=## extra options of build-engines for TensorRT
+CALIB_IMAGES ?=## build-engines: INT8 calibration images (default: the demo train split for its classes, else assets/samples)
 export GRPC_PORT HTTP_PORT METRICS_PORT HOST HTTP
 
 IMGSZ_ARG := $(if $(IMGSZ),--imgsz $(IMGSZ),)
@@ -40,7 +41,7 @@ setup: ## create .venv with the pinned dependencies (quick when done)
 	@bash build/setup.sh
 
 build-engines: setup ## export WEIGHTS (default yolov8n.pt) to ONNX (+ TensorRT where present) into model_repository/
-	@$(YT) build --weights $(WEIGHTS) --repo $(REPO) $(IMGSZ_ARG) $(TRT_ARGS)
+	@$(YT) build --weights $(WEIGHTS) --repo $(REPO) $(IMGSZ_ARG) $(if $(CALIB_IMAGES),--calib-images $(CALIB_IMAGES),) $(TRT_ARGS)
 
 serve: setup ## run tritonserver in the foreground on HOST (127.0.0.1), GRPC_PORT/METRICS_PORT (HTTP=1: HTTP_PORT via nginx); Ctrl-C drains
 	@$(YT) serve --repo $(REPO)

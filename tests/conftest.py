@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from yolo_triton import spec
 from yolo_triton.client.detector import DetectorClient
 from yolo_triton.repository import configs as repository
 from yolo_triton.serve.launcher import Server
@@ -17,6 +18,7 @@ from yolo_triton.serve.launcher import Server
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / "assets" / "demo" / "yolov8n-shapes.pt"
 SAMPLES = ROOT / "assets" / "samples"
+VAL_SUBSET = 40  # the CI subset of the demo val split (repository.gate runs the build's gate on the same 40)
 
 
 def build_repo(weights: Path | str, dest: Path, imgsz: int | None = None) -> Path:
@@ -61,8 +63,19 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture()
 def client(server: Server):
-    with DetectorClient(server.url, timeout_s=60) as c:
+    """The FP32 fused pipeline, named: tests that compare with Ultralytics value for value need the
+    checkpoint's own arithmetic. `yolov8n` itself is INT8 here once its gate passed (test_int8.py)."""
+    with DetectorClient(server.url, model=spec.variant("ort_fused").ensemble, timeout_s=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def val_subset(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], dict]:
+    """The first VAL_SUBSET images of the demo val split, with their labels and data YAML."""
+    from yolo_triton.client import evaluate
+
+    data_yaml = evaluate.write_val_split(tmp_path_factory.mktemp("shapes"), count=VAL_SUBSET)
+    return evaluate.val_images(data_yaml, None)
 
 
 @pytest.fixture(scope="session")

@@ -7,25 +7,16 @@ the same square), PyTorch FP32, its own multi-label NMS.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from test_serving import assert_same_detections
 
+from yolo_triton import spec
 from yolo_triton.client import evaluate, images
-
-SUBSET = 40
-
-
-@pytest.fixture(scope="session")
-def val_subset(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], dict]:
-    data_yaml = evaluate.write_val_split(tmp_path_factory.mktemp("shapes"), count=SUBSET)
-    return evaluate.val_images(data_yaml, None)
 
 
 def test_served_map_equals_ultralytics_val(server, weights, facts, val_subset):
+    """FP32 served = FP32 validated; INT8 has its own bound (test_int8.py)."""
     files, data = val_subset
-    served = evaluate.served_map(server.url, "yolov8n", files, len(facts.names))
+    served = evaluate.served_map(server.url, spec.variant("ort_fused").ensemble, files, len(facts.names))
     ref = evaluate.ultralytics_map(str(weights), data, files, facts.imgsz)
     assert served.instances == ref.instances > 0
     assert ref.map50 > 0.8, "the demo checkpoint should detect its own validation shapes"

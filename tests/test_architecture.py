@@ -58,7 +58,7 @@ def send_for(url: str, model: str, seconds: float) -> int:
 def test_every_python_model_publishes_its_stage_times_and_they_grow(server):
     """yolov8n is the fused pipeline on this server: its three stages come from inside the model.
     The staged ensemble's python steps report theirs the same way."""
-    fused = spec.variant("ort_fused")
+    fused = spec.variant("ort_int8_fused")  # the demo checkpoint's INT8 gate passed (test_int8.py)
     staged = spec.variant("ort")
     assert server.plan.alias == fused
     send_for(server.url, spec.ALIAS, stage_metrics.FLUSH_S * 1.5)

@@ -25,7 +25,7 @@ from yolo_triton.serve.watchdog import SHM_DIR, STUB_NAME
 
 # Every python model of the CPU variants, and the ensemble whose requests go through it.
 PYTHON_MODELS = {**{m: spec.variant("ort").ensemble for m in spec.variant("ort").stages},
-                 spec.variant("ort_fused").pipeline: spec.ALIAS}
+                 spec.variant("ort_fused").pipeline: spec.variant("ort_fused").ensemble}
 
 
 def photo() -> np.ndarray:

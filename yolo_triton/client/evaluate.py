@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from yolo_triton import spec
 from yolo_triton.client import images
 from yolo_triton.client.detector import DetectorClient
 from yolo_triton.paths import DEFAULT_REPO, ROOT, RUNS
+from yolo_triton.pipeline.postprocess import Detections
 from yolo_triton.repository import configs as repository
 from yolo_triton.serve.launcher import running
 
@@ -80,7 +82,14 @@ def labels_for(image: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndar
     return cls, boxes
 
 
-def served_map(url: str, model: str, files: list[Path], nc: int) -> MAP:
+Detect = Callable[[np.ndarray], Detections]  # one BGR image -> its detections at the gate's settings
+
+
+def scored_map(files: list[Path], detect: Detect, progress: str = "") -> MAP:
+    """mAP of `detect` on `files` against their YOLO labels, with Ultralytics' own matching and AP.
+
+    `detect` is the served ensemble over gRPC (`served_map`) or the same stage objects in process
+    (repository.gate), always at VAL_CONF/VAL_IOU in MULTI_LABEL mode, as the validator predicts."""
     import torch
     from ultralytics.models.yolo.detect.val import DetectionValidator
     from ultralytics.utils.metrics import ap_per_class, box_iou
@@ -89,29 +98,34 @@ def served_map(url: str, model: str, files: list[Path], nc: int) -> MAP:
     matcher.iouv = torch.linspace(0.5, 0.95, 10)
     matcher.niou = 10
     tps, confs, pred_cls, target_cls = [], [], [], []
-    with DetectorClient(url, model, timeout_s=120) as client:
-        for i, f in enumerate(files):
-            image = images.read(f)
-            det = client.detect(image, conf=VAL_CONF, iou=VAL_IOU, max_det=spec.DEFAULT_MAX_DET,
-                                multi_label=True).detections
-            gt_cls, gt_boxes = labels_for(f, image.shape[:2])
-            n = len(det.scores)
-            if n and len(gt_cls):
-                iou = box_iou(torch.from_numpy(gt_boxes), torch.from_numpy(det.boxes))
-                tp = matcher.match_predictions(torch.from_numpy(det.classes).float(),
-                                               torch.from_numpy(gt_cls).float(), iou).cpu().numpy()
-            else:
-                tp = np.zeros((n, 10), bool)
-            tps.append(tp)
-            confs.append(det.scores)
-            pred_cls.append(det.classes)
-            target_cls.append(gt_cls)
-            if (i + 1) % 50 == 0:
-                print(f"  served: {i + 1}/{len(files)} images", flush=True)
+    for i, f in enumerate(files):
+        image = images.read(f)
+        det = detect(image)
+        gt_cls, gt_boxes = labels_for(f, image.shape[:2])
+        n = len(det.scores)
+        if n and len(gt_cls):
+            iou = box_iou(torch.from_numpy(gt_boxes), torch.from_numpy(det.boxes))
+            tp = matcher.match_predictions(torch.from_numpy(det.classes).float(),
+                                           torch.from_numpy(gt_cls).float(), iou).cpu().numpy()
+        else:
+            tp = np.zeros((n, 10), bool)
+        tps.append(tp)
+        confs.append(det.scores)
+        pred_cls.append(det.classes)
+        target_cls.append(gt_cls)
+        if progress and (i + 1) % 50 == 0:
+            print(f"  {progress}: {i + 1}/{len(files)} images", flush=True)
     tp = np.concatenate(tps)
     result = ap_per_class(tp, np.concatenate(confs), np.concatenate(pred_cls), np.concatenate(target_cls))
     ap = result[5]  # (classes present, 10 IoU thresholds)
     return MAP(float(ap[:, 0].mean()), float(ap.mean()), len(files), int(sum(len(t) for t in target_cls)))
+
+
+def served_map(url: str, model: str, files: list[Path], nc: int) -> MAP:
+    with DetectorClient(url, model, timeout_s=120) as client:
+        return scored_map(files, lambda image: client.detect(image, conf=VAL_CONF, iou=VAL_IOU,
+                                                             max_det=spec.DEFAULT_MAX_DET,
+                                                             multi_label=True).detections, "served")
 
 
 def ultralytics_map(weights: str, data: dict, files: list[Path], imgsz: int, rect: bool = False) -> MAP:
@@ -139,7 +153,12 @@ def write_val_split(root: Path, count: int = DEFAULT_VAL_COUNT, seed: int = DEFA
     from yolo_triton.data import synth
 
     synth.generate_split(root, "val", count, seed)
-    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(synth.CLASS_NAMES))
+    return write_val_yaml(root, synth.CLASS_NAMES)
+
+
+def write_val_yaml(root: Path, class_names: tuple[str, ...] | list[str]) -> Path:
+    """`root/data.yaml` for a folder with images/val and labels/val (the only split)."""
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(class_names))
     yaml_path = root / "data.yaml"
     yaml_path.write_text(f"path: {root.resolve().as_posix()}\ntrain: images/val\nval: images/val\nnames:\n{names}")
     return yaml_path
@@ -163,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     facts = repository.read_facts(args.repo)
-    weights = args.weights or facts.source
+    from yolo_triton.data import crowded
+
+    weights = crowded.resolve(args.weights or facts.source)
     if args.data == DEFAULT_DATA:
         ensure_default_dataset(args.data)
     files, data = val_images(args.data, args.limit)

@@ -26,8 +26,10 @@ def _ms(fn: Callable[[], object], seconds: float, min_runs: int = 3) -> list[flo
     return out
 
 
-def remote_client(url: str, models: Sequence[str], photo: Path, seconds: float, rounds: int) -> dict[str, float]:
-    """Median c1 latency (ms) per "model|encoded" and "model|pixels"; prints the table and ratios."""
+def remote_client(url: str, models: Sequence[str], photo: Path, seconds: float, rounds: int) -> list[str]:
+    """The remote-client table: c1 median latency per model, encoded and as pixels, and their ratio.
+
+    Returned as lines, so a benchmark prints it beside the rest of its scene."""
     data = photo.read_bytes()
     pixels = images.decode(data, str(photo))
     samples: dict[str, list[float]] = {}
@@ -45,9 +47,9 @@ def remote_client(url: str, models: Sequence[str], photo: Path, seconds: float, 
             c.close()
     med = {k: statistics.median(v) for k, v in samples.items()}
     h, w = pixels.shape[:2]
-    print(f"(remote client) c1 over gRPC, no shared memory, {photo.name} {w}x{h}: {len(data)} bytes encoded, "
-          f"{pixels.nbytes} bytes of pixels")
+    lines = [f"(remote client) c1 over gRPC, no shared memory, {photo.name} {w}x{h}: {len(data)} bytes encoded, "
+             f"{pixels.nbytes} bytes of pixels"]
     for m in models:
         enc, pix = med[f"{m}|encoded"], med[f"{m}|pixels"]
-        print(f"  {m}: encoded {enc:.2f} ms, pixels {pix:.2f} ms, encoded_vs_pixels_c1={enc / pix:.3f}")
-    return med
+        lines.append(f"  {m}: encoded {enc:.2f} ms, pixels {pix:.2f} ms, encoded_vs_pixels_c1={enc / pix:.3f}")
+    return lines

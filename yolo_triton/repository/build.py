@@ -2,9 +2,10 @@
 
     yolo-triton build [--weights yolov8n.pt] [--imgsz 640] [--repo model_repository] [--fallback]
 
-Writes the ONNX detector for every ONNX variant, a TensorRT plan where TensorRT is present,
-and every config.pbtxt (rendered from yolo_triton.spec for this checkpoint's input size and
-classes). Re-running with the same checkpoint and size does nothing.
+Writes the ONNX detector for every ONNX variant, its INT8 twin for the CPU (static quantisation
+on --calib-images, gated against Ultralytics FP32: repository.quantize, repository.gate), a
+TensorRT plan where TensorRT is present, and every config.pbtxt (rendered from yolo_triton.spec
+for this checkpoint's input size and classes). Re-running with the same checkpoint and size does nothing.
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-artefact", action="store_true",
                     help="export the GPU detector's torch.export program even where no GPU is visible")
     ap.add_argument("--trt-precision", choices=("fp16", "fp32", "int8"), default="fp16")
-    ap.add_argument("--calib-images", type=Path, default=None, help="images for INT8 calibration")
+    ap.add_argument("--calib-images", type=Path, default=None,
+                    help="images for INT8 calibration (CPU INT8 default: the demo data set's train split for "
+                         "its classes, assets/samples otherwise)")
+    ap.add_argument("--gate-data", type=Path, default=None,
+                    help="labelled YOLO data YAML for the INT8 accuracy gate (default: the demo val split for "
+                         "its classes; other checkpoints without it keep yolov8n on FP32)")
     ap.add_argument("--trt-opt-batch", type=int, default=repository.TRT_OPT_BATCH,
                     help=f"batch size TensorRT tunes for (profile 1..{spec.MAX_BATCH})")
     ap.add_argument("--trt-workspace", type=int, default=4096, help="TensorRT builder workspace, MiB")
@@ -95,17 +101,21 @@ def main(argv: list[str] | None = None) -> int:
         repository.write(repo, facts)
         # A repository exported elsewhere still needs this machine's TensorRT plan.
         onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
+        if not _report_int8(onnx, facts, repo, args, used):
+            return 2
         print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
         return 0
 
     onnx = export.export_onnx(model, facts, repo / spec.variant("ort").detector / "1" / "model.onnx")
     for v in spec.VARIANTS:
-        if v.artefact == "model.onnx" and v.detector != "detector_ort":
+        if v.artefact == "model.onnx" and v.detector != "detector_ort" and not v.runtime.gated:
             _link_or_copy(onnx, repo / v.detector / "1" / "model.onnx")
     repository.write(repo, facts)
     print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
           f"{len(facts.names)} classes, dynamic batch)", flush=True)
 
+    if not _report_int8(onnx, facts, repo, args, used):
+        return 2
     print(f"build-engines: {_gpu_artefact(model, facts, repo, args.gpu_artefact)}", flush=True)
     print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
     if notice:  # again as the last line: the export's own output above would bury it
@@ -123,6 +133,45 @@ def _gpu_artefact(model, facts: repository.ModelFacts, repo: Path, asked: bool) 
     from yolo_triton.repository import gpu_export
 
     return gpu_export.export_for_gpu(model, facts, repo)
+
+
+def _report_int8(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace,
+                 weights: str) -> bool:
+    """Print the INT8 step's outcome; False when the caller's --calib-images cannot be used."""
+    from yolo_triton.repository.quantize import QuantizeError
+
+    try:
+        print(f"build-engines: {_int8(onnx, facts, repo, args, weights)}", flush=True)
+    except QuantizeError as e:
+        print(f"build-engines: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+def _int8(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace, weights: str) -> str:
+    """The INT8 detector (quantised when missing or older than the FP32 one) and its gate record."""
+    from yolo_triton.repository import gate, quantize
+
+    int8_runtimes = [r for r in spec.RUNTIMES if r.precision == "int8" and r.artefact == "model.onnx"]
+    first = repo / int8_runtimes[0].detector / "1" / "model.onnx"
+    made = ""
+    if args.force or not first.exists() or first.stat().st_mtime < onnx.stat().st_mtime or args.calib_images:
+        folder = args.calib_images or quantize.default_calibration_folder(facts)
+        try:
+            files = quantize.calibration_files(folder)
+            quantize.quantize(onnx, first, files, facts.imgsz)
+        except quantize.QuantizeError as e:
+            if args.calib_images:  # asked for: the caller's mistake, not a step to skip
+                raise
+            return f"INT8 skipped: {e}"
+        made = f"INT8 (QDQ) calibrated on {len(files)} images from {folder}; "
+        for r in int8_runtimes[1:]:
+            _link_or_copy(first, repo / r.detector / "1" / "model.onnx")
+    result = None if made or args.gate_data else gate.recorded(repo, int8_runtimes[0])
+    if result is None:
+        result = gate.run(first, onnx, facts, weights, args.gate_data)
+        gate.record(repo, result)
+    return made + ("gate passed: " if result.passed else "gate NOT passed (yolov8n stays FP32): ") + result.reason
 
 
 def _tensorrt(onnx: Path, facts: repository.ModelFacts, repo: Path, args: argparse.Namespace) -> str:

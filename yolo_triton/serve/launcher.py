@@ -66,6 +66,8 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)
     alias: spec.Variant | None = None
     network: spec.Variant | None = None  # the staged variant whose detector spec.NETWORK_ALIAS calls
+    why: str = ""  # why `alias` was chosen, one line
+    passed_over: dict[str, str] = field(default_factory=dict)  # faster loadable variants not chosen, and why
 
 
 def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | None = None) -> Plan:
@@ -73,6 +75,7 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
     if not (repo / repository.FACTS_FILE).exists():
         raise LaunchError(f"no built model in {repo}: run `make build-engines` first")
     plan = Plan()
+    loadable: list[spec.Variant] = []
     for v in spec.VARIANTS:
         if only and v.key not in only:
             continue
@@ -87,11 +90,10 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
             for m in v.models:
                 if m not in plan.load:
                     plan.load.append(m)
-            plan.alias = _faster(plan.alias, v)
-            if not v.fused:
-                plan.network = _faster(plan.network, v)
-    if plan.alias is None:
+            loadable.append(v)
+    if not loadable:
         raise LaunchError("no variant can be served here: " + "; ".join(f"{k}: {r}" for k, r in plan.skipped.items()))
+    _choose_alias(plan, repo, loadable)
     plan.load.append(spec.ALIAS)
     if plan.network is None:
         plan.skipped[spec.NETWORK_ALIAS] = ("no staged variant is loaded, and Ultralytics' client calls a staged "
@@ -101,8 +103,27 @@ def plan_models(repo: Path, backends: set[str], gpu: bool, only: list[str] | Non
     return plan
 
 
-def _faster(best: spec.Variant | None, v: spec.Variant) -> spec.Variant:
-    return v if best is None or spec.FASTEST_FIRST.index(v.key) < spec.FASTEST_FIRST.index(best.key) else best
+def _choose_alias(plan: Plan, repo: Path, loadable: list[spec.Variant]) -> None:
+    """`yolov8n` = the first loadable variant of spec.FASTEST_FIRST whose accuracy gate passed
+    (repository.gate: only quantised runtimes have one). If none passed, the fastest loadable.
+    `yolov8n_network` = the same choice among the staged variants (it calls a staged detector)."""
+    ranked = sorted(loadable, key=lambda v: spec.FASTEST_FIRST.index(v.key))
+    plan.alias, plan.why = _gated_first(ranked, repo, plan.passed_over)
+    staged = [v for v in ranked if not v.fused]
+    if staged:
+        plan.network, _ = _gated_first(staged, repo, {})
+
+
+def _gated_first(ranked: list[spec.Variant], repo: Path, passed_over: dict[str, str]) -> tuple[spec.Variant, str]:
+    """The first of `ranked` whose gate passed, and why; the ones before it go to `passed_over`."""
+    from yolo_triton.repository import gate
+
+    for v in ranked:
+        ok, why = gate.verdict(repo, v.runtime)
+        if ok:
+            return v, f"fastest loadable variant whose accuracy holds ({why})"
+        passed_over[v.ensemble] = why
+    return ranked[0], "no loaded variant passed its accuracy gate: the fastest loaded one"
 
 
 def _unservable(repo: Path, v: spec.Variant) -> str | None:
@@ -392,7 +413,8 @@ class Server:
 
     def describe(self) -> str:
         lines = [f"tritonserver: {self.install.binary}{' (bundled)' if self.install.bundled else ''}"]
-        lines.append(f"{spec.ALIAS} -> {self.plan.alias.ensemble if self.plan.alias else '-'}")
+        lines.append(f"{spec.ALIAS} -> {self.plan.alias.ensemble if self.plan.alias else '-'}: {self.plan.why}")
+        lines += [f"not chosen {name}: {why}" for name, why in self.plan.passed_over.items()]
         if self.plan.network is not None:
             lines.append(f"{spec.NETWORK_ALIAS} -> {self.plan.network.detector} (for Ultralytics' client: "
                          f"YOLO('grpc://{self.url}/{spec.NETWORK_ALIAS}', task='detect'))")
