@@ -32,10 +32,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str, str]:
-    """(model, what was loaded, the fallback's one-line notice or "")."""
+def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str, str, str]:
+    """(model, what was loaded as shown, the path it loads from in any folder, the fallback's
+    one-line notice or "")."""
     try:
-        return export.load(weights), weights, ""
+        return export.load(weights), weights, weights, ""
     except export.WeightsUnavailable as e:
         if not fallback:
             raise
@@ -47,7 +48,7 @@ def _load_with_fallback(weights: str, fallback: bool) -> tuple[object, str, str]
         alt = shown = "yolov8n.yaml"
         what = "seeded random weights: detections will be MEANINGLESS"
     notice = f"build-engines: *** FALLING BACK to {shown} ({what}) *** because {why}; {export.LOCAL_WEIGHTS_HINT}"
-    return export.load(alt), shown, notice
+    return export.load(alt), shown, alt, notice
 
 
 def _up_to_date(repo: Path, facts: repository.ModelFacts, weights: str) -> bool:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        model, used, notice = _load_with_fallback(args.weights, args.fallback)
+        model, used, loads_from, notice = _load_with_fallback(args.weights, args.fallback)
         if notice:
             print(notice, flush=True)
         facts = export.facts_of(model, used, args.imgsz)
@@ -96,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     repo: Path = args.repo
-    if not args.force and _up_to_date(repo, facts, used):
+    if not args.force and _up_to_date(repo, facts, loads_from):
         print(f"build-engines: up to date ({used}, imgsz {facts.imgsz}, {len(facts.names)} classes)")
         repository.write(repo, facts)
         # A repository exported elsewhere still needs this machine's TensorRT plan.
         onnx = repo / spec.variant("ort").detector / "1" / "model.onnx"
-        if not _report_int8(onnx, facts, repo, args, used):
+        if not _report_int8(onnx, facts, repo, args, loads_from):
             return 2
         print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
         return 0
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build-engines: {used} -> ONNX ({onnx.stat().st_size / 1e6:.1f} MB, imgsz {facts.imgsz}, "
           f"{len(facts.names)} classes, dynamic batch)", flush=True)
 
-    if not _report_int8(onnx, facts, repo, args, used):
+    if not _report_int8(onnx, facts, repo, args, loads_from):
         return 2
     print(f"build-engines: {_gpu_artefact(model, facts, repo, args.gpu_artefact)}", flush=True)
     print(f"build-engines: {_tensorrt(onnx, facts, repo, args)}", flush=True)
