@@ -15,7 +15,8 @@ from yolo_triton.client import detect
 
 def test_detect_json_matches_direct_client(server, client, tmp_path, capsys):
     out = tmp_path / "result.json"
-    rc = detect.main(["--url", server.url, "--json", str(out), "--save-dir", str(tmp_path / "ann"), str(SAMPLES)])
+    rc = detect.main(["--url", server.url, "--model", client.model, "--json", str(out),
+                      "--save-dir", str(tmp_path / "ann"), str(SAMPLES)])
     assert rc == 0
     printed = capsys.readouterr().out.strip().splitlines()
     records = json.loads(out.read_text())

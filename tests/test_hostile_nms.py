@@ -58,7 +58,7 @@ def send(url: str, model: str, images: np.ndarray, **options) -> tuple[float, ob
 @pytest.fixture(scope="module")
 def ordinary(server) -> tuple[np.ndarray, object]:
     """The sample photo with the most detections and what the server answers for it."""
-    with DetectorClient(server.url, timeout_s=60) as c:
+    with DetectorClient(server.url, model=MODELS[0], timeout_s=60) as c:
         image = max(sample_images().values(), key=lambda im: len(c.detect(im).detections.scores))
         det = c.detect(image).detections
     assert len(det.scores) > 0

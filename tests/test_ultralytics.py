@@ -12,6 +12,7 @@ import pytest
 from conftest import sample_images
 
 from yolo_triton import spec
+from yolo_triton.client.detector import DetectorClient
 from yolo_triton.serve.launcher import Server
 
 MODEL = spec.NETWORK_ALIAS
@@ -43,10 +44,12 @@ def _assert_same_as_project_client(got: dict[str, tuple], client, images: dict[s
     assert total > 0
 
 
-def test_ultralytics_grpc_client_gets_the_project_clients_boxes(server, client):
+def test_ultralytics_grpc_client_gets_the_project_clients_boxes(server):
+    """Against the staged variant whose detector the alias serves: INT8 here once its gate passed."""
     images = sample_images()
     got = _ultralytics_detections(f"grpc://{server.url}/{MODEL}", images)
-    _assert_same_as_project_client(got, client, images)
+    with DetectorClient(server.url, model=server.plan.network.ensemble, timeout_s=60) as client:
+        _assert_same_as_project_client(got, client, images)
 
 
 def test_ultralytics_http_client_through_the_proxy_gets_the_same_boxes(repo: Path, client, tmp_path):
