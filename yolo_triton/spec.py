@@ -304,8 +304,9 @@ VARIANTS: tuple[Variant, ...] = tuple(
 # ensemble; on 2 CPU cores the fused CPU pipeline answered c1 sooner than the staged one in every
 # run. The native-backend variants (NVIDIA's container) were not measured here: a TensorRT plan's
 # network is faster than PyTorch's, behind the staged ensemble's glue, so they sit between. On the
-# CPU, INT8 ran the network in 0.6-0.7x FP32's time on 2 AVX2 cores at 320 and 640; an INT8 variant
-# is taken only when its gate passed (serve.plan.plan_models), else the next one.
+# CPU, INT8 ran the network in 0.6-0.7x FP32's time on 2 AVX2 cores and in 0.77-0.81x on 2 AMX
+# cores, at 320 and 640; an INT8 variant is taken only when its gate passed (serve.plan.plan_models),
+# else the next one.
 FASTEST_FIRST = ("gpu_fused", "trt", "onnx_trt", "gpu", "ort_int8_fused", "ort_fused", "onnx_int8", "onnx",
                  "ort_int8", "ort")
 
