@@ -6,7 +6,9 @@ answers per second when it is never idle, so both use this loop.
 
 Only what is answered between the start and the end of the clock counts: requests still in
 flight when it stops finish afterwards and must not (they once did in the benchmark, and
-overstated the rate by their images). Every request of a batch reads the same tensors, built
+overstated the rate by their images). A clock shorter than a request (a quick run on a slow
+model) stays open until `in_flight` answers have come, so the rate is never a zero for want of
+time; `Rate.seconds` is the clock as it ran. Every request of a batch reads the same tensors, built
 once, or the same shared-memory region, so the client spends no time copying during the run.
 """
 
@@ -65,7 +67,8 @@ def saturate(url: str, batches: Sequence[np.ndarray], in_flight: int, seconds: f
                     if error is not None:
                         tally["errors"] += 1
                         first_error[:] = first_error or [str(error)]
-                    elif clock[0] <= t < clock[1]:
+                    elif clock[0] <= t < clock[1] or (clock[0] <= t and tally["requests"] < in_flight):
+                        clock[1] = max(clock[1], t)  # a clock too short for `in_flight` answers grows to the last
                         tally["requests"] += 1
                         tally["images"] += n
                 done.release()
@@ -85,7 +88,10 @@ def saturate(url: str, batches: Sequence[np.ndarray], in_flight: int, seconds: f
                 send()
             while True:
                 done.acquire()
-                if time.perf_counter() >= clock[1]:
+                with lock:
+                    enough = tally["requests"] >= in_flight or tally["errors"] > 0  # failing never gets enough
+                    over = time.perf_counter() >= clock[1] and enough
+                if over:
                     break
                 send()
             for _ in range(in_flight - 1):
@@ -93,5 +99,5 @@ def saturate(url: str, batches: Sequence[np.ndarray], in_flight: int, seconds: f
         finally:
             for region in regions:
                 region.release(c.client)
-        return Rate(in_flight, seconds, tally["requests"], tally["images"], tally["errors"],
+        return Rate(in_flight, clock[1] - clock[0], tally["requests"], tally["images"], tally["errors"],
                     first_error[0] if first_error else "")
