@@ -167,3 +167,18 @@ def test_url_forms_and_what_a_wrong_url_says(server, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "no model 'yolov9'" in err and "pass one of them with --model" in err
     for name in server.ensembles():
         assert name in err
+
+
+def test_a_label_at_the_right_or_top_edge_is_drawn_inside_the_image():
+    """A box against the right border once had its label cut off after a few letters."""
+    from yolo_triton.client.draw import annotate
+    from yolo_triton.pipeline.nms import Detections
+
+    black = np.zeros((100, 200, 3), np.uint8)
+    det = Detections(np.array([[150, 40, 199, 90]], np.float32), np.array([0.9], np.float32),
+                     np.array([0], np.int32))
+    drawn = annotate(black, det, ("rectangle",)).any(axis=2)
+    label_rows = drawn[:36]  # above the box: only the label is drawn there
+    assert label_rows[:, :150].any(), "the label starts left of the box, so all of it fits"
+    top = Detections(np.array([[10, 0, 60, 30]], np.float32), np.array([0.9], np.float32), np.array([0], np.int32))
+    assert annotate(black, top, ("rectangle",))[2:30, 12:58].any(), "a box at the top edge gets its label inside"
