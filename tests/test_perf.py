@@ -306,6 +306,14 @@ def test_bench_cpu_prints_every_figure_and_the_ratios(repo, server):
     assert float(lines[-2].split("=")[1]) > 0 and float(lines[-1].split("=")[1]) > 0
 
 
+@pytest.mark.parametrize("command", [["bench-cpu", "--scenes", "demo"], ["eval"]])
+def test_a_tool_without_a_built_repository_names_the_fix(command, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "yolo_triton.cli", *command, "--repo", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "run `make build-engines`" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
 def test_bench_cpu_refuses_an_input_size_it_cannot_apply():
     """A built repository's size is fixed: `--imgsz` without `--weights` is an error, not ignored."""
     out = run_tool("bench_cpu", "--imgsz", "640", ok=False, timeout=120)

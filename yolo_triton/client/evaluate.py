@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also-rect", action="store_true", help="also run Ultralytics' default rect=True val")
     args = ap.parse_args(argv)
 
+    if not (args.repo / repository.FACTS_FILE).exists():
+        print(f"eval: no built model in {args.repo}: run `make build-engines` (or `make demo`) first", file=sys.stderr)
+        return 2
     facts = repository.read_facts(args.repo)
     from yolo_triton.data import crowded
 

@@ -211,6 +211,10 @@ def scene_repo(scene: str, args: argparse.Namespace) -> Path | None:
     if args.weights:
         repo = RUNS / "bench-cpu" / "repo"
         return repo if build_repo(args.weights, repo, args.imgsz) else None
+    if not (args.repo / repository.FACTS_FILE).exists():
+        print(f"bench-cpu: no built model in {args.repo}: run `make build-engines` (or `make demo`) first, "
+              "or pass --weights", file=sys.stderr)
+        return None
     return args.repo
 
 
