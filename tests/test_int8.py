@@ -107,6 +107,7 @@ def test_served_int8_passes_the_accuracy_gate(server, weights, facts, val_subset
 
 def test_yolov8n_is_int8_because_its_gate_passed(server):
     assert server.plan.alias == INT8
+    assert server.plan.network == spec.variant("ort_int8"), "Ultralytics' network alias follows the same gate"
     assert "gate passed" in server.plan.why and "INT8 mAP50-95" in server.plan.why
     assert f"yolov8n -> {INT8.ensemble}: fastest loadable variant" in server.describe()
 
@@ -119,6 +120,7 @@ def test_a_failed_or_stale_gate_keeps_yolov8n_on_fp32(repo, tmp_path):
     (copy / gate.GATE_FILE).write_text(json.dumps(record))
     plan = launcher.plan_models(copy, set(), gpu=False)
     assert plan.alias == FP32 and "gate failed" in plan.passed_over[INT8.ensemble]
+    assert plan.network == spec.variant("ort"), "the network alias falls back to the FP32 detector too"
     record["int8"]["passed"] = True
     record["int8"]["artefact_sha256"] = "0" * 64  # measured another model than the one in the folder
     (copy / gate.GATE_FILE).write_text(json.dumps(record))

@@ -34,6 +34,7 @@ def test_make_help_lists_the_variables():
     targets, variables = text.split("variables (make TARGET VAR=value):")
     assert "bench-cpu" in targets and "its own server" in targets
     names = [line.split()[0] for line in variables.strip().splitlines()]
-    assert {"URL", "MODEL", "WEIGHTS", "IMGSZ", "HTTP", "VARIANTS", "GRPC_PORT", "DATA", "CONCURRENCY"} <= set(names)
+    assert {"URL", "MODEL", "WEIGHTS", "IMGSZ", "HTTP", "VARIANTS", "GRPC_PORT", "DATA", "CONCURRENCY",
+            "CALIB_IMAGES"} <= set(names)
     url = next(line for line in variables.splitlines() if line.startswith("URL"))
     assert all(t in url for t in ("perf", "locust", "compare", "eval", "bench-cpu"))

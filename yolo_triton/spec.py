@@ -266,7 +266,8 @@ ALIAS = "yolov8n"
 # task="detect")`. Its TritonRemoteModel letterboxes, decodes and runs NMS itself, so it sends the
 # letterboxed FP32 `images` (PIXELS) and reads the raw `output0` (RAW); it maps only FP32, FP16 and
 # UINT8 inputs, so it cannot call the ensembles (their options are INT32 and BOOL). At launch this
-# one-step ensemble is pointed at the detector of the fastest staged variant the server loads.
+# one-step ensemble is pointed at the detector of the fastest staged variant the server loads whose
+# accuracy gate passed (serve.plan), as `yolov8n` is.
 NETWORK_ALIAS = f"{ALIAS}_network"
 # What the tensors mean, written into every ensemble's config parameters (and the network alias's
 # Ultralytics metadata), so a client reading the config needs no other documentation.

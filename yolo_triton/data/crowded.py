@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from yolo_triton.paths import RUNS, SAMPLES
-from yolo_triton.pipeline import geometry
 
 SEED = 0
 IMGSZ = 640
@@ -43,10 +42,9 @@ NAME = "crowded"  # what `--weights` accepts for this checkpoint in the benchmar
 
 def calibration_batch(folder: Path = SAMPLES) -> np.ndarray:
     """The sample images letterboxed to IMGSZ as the served path does: float32 [N, 3, S, S] RGB."""
-    from yolo_triton.client import images
+    from yolo_triton.repository.tensorrt.calibration import network_inputs
 
-    canvases = [geometry.letterbox(images.read(folder / name), IMGSZ)[0] for name in CALIBRATION]
-    return geometry.to_pixels(np.stack(canvases))
+    return network_inputs([folder / name for name in CALIBRATION], IMGSZ)
 
 
 def make(dest: Path = DEFAULT_PATH) -> Path:

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -46,6 +44,7 @@ from yolo_triton.paths import DEFAULT_REPO, RUNS, SAMPLES
 from yolo_triton.perf.remote import remote_client
 from yolo_triton.perf.saturation import saturate
 from yolo_triton.perf.target import build_repo
+from yolo_triton.perf.timing import samples_ms
 from yolo_triton.pipeline import geometry
 from yolo_triton.pipeline.ort_session import make_session
 from yolo_triton.repository import configs as repository
@@ -60,23 +59,13 @@ BATCHES = (1, 2, 4, 8, 16)
 MIN_PER_REQUEST = 8
 
 
-def _samples_ms(fn: Callable[[], object], seconds: float, min_runs: int = 3) -> list[float]:
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < min_runs:
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
-
-
 def raw_batch_rates(run, one: np.ndarray, seconds: float) -> dict[int, float]:  # noqa: ANN001
     """{batch: images/s} for ONNX Runtime alone on already-letterboxed input: finds the best batch."""
     rates = {}
     for b in BATCHES:
         x = np.repeat(one, b, axis=0)
         run(x)  # warm
-        ms = statistics.median(_samples_ms(lambda x=x: run(x), seconds / len(BATCHES)))
+        ms = statistics.median(samples_ms(lambda x=x: run(x), seconds / len(BATCHES)))
         rates[b] = b / ms * 1e3
         print(f"  raw batch {b:>2}: {ms:8.2f} ms  {rates[b]:7.1f} img/s", flush=True)
     return rates
@@ -148,14 +137,14 @@ def measure_scene(repo: Path, image: np.ndarray, args: argparse.Namespace) -> di
             lat: dict[str, list[float]] = {}
             rate: dict[str, list[float]] = {}
             for rt, run in runs.items():
-                lat[rt] = _samples_ms(lambda run=run: run(one), slot)
-                rate[rt] = [best_b / ms * 1e3 for ms in _samples_ms(lambda run=run: run(best), slot)]
+                lat[rt] = samples_ms(lambda run=run: run(one), slot)
+                rate[rt] = [best_b / ms * 1e3 for ms in samples_ms(lambda run=run: run(best), slot)]
             for (m, shm), c in clients.items():
-                lat[f"{m}|{shm}"] = _samples_ms(lambda c=c: c.detect(image), slot)
+                lat[f"{m}|{shm}"] = samples_ms(lambda c=c: c.detect(image), slot)
                 rate[f"{m}|{shm}"] = [served_throughput(server.url, image, per_request, args.in_flight, slot,
                                                         shm, model=m)]
-            lat["ultralytics"] = _samples_ms(lambda: predict(image), slot)
-            rate["ultralytics"] = [8 / ms * 1e3 for ms in _samples_ms(lambda: predict([image] * 8), slot)]
+            lat["ultralytics"] = samples_ms(lambda: predict(image), slot)
+            rate["ultralytics"] = [8 / ms * 1e3 for ms in samples_ms(lambda: predict([image] * 8), slot)]
             lat_rounds.append(lat)
             rate_rounds.append(rate)
         for c in clients.values():

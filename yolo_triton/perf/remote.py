@@ -9,21 +9,12 @@ machine hits both alike.
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from yolo_triton.client import images
 from yolo_triton.client.detector import DetectorClient
-
-
-def _ms(fn: Callable[[], object], seconds: float, min_runs: int = 3) -> list[float]:
-    out, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(out) < min_runs:
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
+from yolo_triton.perf.timing import samples_ms
 
 
 def remote_client(url: str, models: Sequence[str], photo: Path, seconds: float, rounds: int) -> list[str]:
@@ -40,8 +31,8 @@ def remote_client(url: str, models: Sequence[str], photo: Path, seconds: float, 
         slot = seconds / rounds / (2 * len(models))
         for _ in range(rounds):
             for m, c in clients.items():
-                samples.setdefault(f"{m}|encoded", []).extend(_ms(lambda c=c: c.detect_encoded(data), slot))
-                samples.setdefault(f"{m}|pixels", []).extend(_ms(lambda c=c: c.detect(pixels), slot))
+                samples.setdefault(f"{m}|encoded", []).extend(samples_ms(lambda c=c: c.detect_encoded(data), slot))
+                samples.setdefault(f"{m}|pixels", []).extend(samples_ms(lambda c=c: c.detect(pixels), slot))
     finally:
         for c in clients.values():
             c.close()

@@ -67,15 +67,6 @@ def calibration_files(folder: Path, limit: int = CALIB_COUNT) -> list[Path]:
     return files
 
 
-def letterboxed(files: Sequence[Path], imgsz: int) -> np.ndarray:
-    """float32 [N, 3, S, S]: the network input the served preprocess would make from each file."""
-    from yolo_triton.client import images
-    from yolo_triton.pipeline import geometry
-
-    canvases = np.stack([geometry.letterbox(images.read(f), imgsz)[0] for f in files])
-    return geometry.to_pixels(canvases)
-
-
 def head_nodes(onnx_path: Path) -> list[str]:
     """Names of the detect head's nodes: the scope of the graph's last Sigmoid (as Ultralytics does)."""
     import onnx
@@ -99,8 +90,9 @@ def quantize(fp32: Path, dest: Path, files: Sequence[Path], imgsz: int) -> Path:
     )
 
     from yolo_triton import spec
+    from yolo_triton.repository.tensorrt.calibration import network_inputs
 
-    pixels = letterboxed(files, imgsz)
+    pixels = network_inputs(files, imgsz)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -85,7 +85,7 @@ http {
 %(temp_paths)s
 
     client_max_body_size %(max_body)d;
-    client_body_buffer_size 1m;  # bodies beyond it wait in temp/body until complete
+    client_body_buffer_size 1m;  # bodies beyond it wait in temp/client_body until complete
     # Slow clients: these bound the time between two reads/writes, not the whole transfer.
     client_header_timeout 10s;
     client_body_timeout 30s;

@@ -48,17 +48,25 @@ def calibration_batches(files: Sequence[Path], imgsz: int, batch: int) -> Iterat
     TensorRT 10 calibrates at the profile's opt shape, so every batch is full: a remainder
     smaller than `batch` is left out.
     """
-    from yolo_triton.client import images
-    from yolo_triton.pipeline import geometry
-
     if len(files) < batch:
         raise BuildError(f"INT8 calibration needs at least {batch} images (one batch at the opt batch size), "
                          f"found {len(files)}")
-    canvases = np.empty((batch, imgsz, imgsz, 3), np.uint8)
     for start in range(0, len(files) - batch + 1, batch):
-        for i, path in enumerate(files[start:start + batch]):
-            geometry.letterbox(images.read(path), imgsz, out=canvases[i])
-        yield geometry.to_pixels(canvases)
+        yield network_inputs(files[start:start + batch], imgsz)
+
+
+def network_inputs(files: Sequence[Path], imgsz: int) -> np.ndarray:
+    """float32 [N, 3, S, S]: each image file as the served preprocess makes the network's input.
+
+    Every calibration uses it: TensorRT's INT8 table, ONNX Runtime's INT8 ranges
+    (repository.quantize) and the crowded checkpoint's BatchNorm statistics (data.crowded)."""
+    from yolo_triton.client import images
+    from yolo_triton.pipeline import geometry
+
+    canvases = np.empty((len(files), imgsz, imgsz, 3), np.uint8)
+    for i, path in enumerate(files):
+        geometry.letterbox(images.read(path), imgsz, out=canvases[i])
+    return geometry.to_pixels(canvases)
 
 
 def layers_kept_in_float(layer_names: Sequence[str]) -> dict[str, str]:
