@@ -30,7 +30,7 @@ def test_per_image_boxes_equal_ultralytics_predict(client, facts, ultralytics_mo
     for f in files[:15]:
         image = images.read(f)
         ours = client.detect(image).detections
-        ref = ultralytics_model.predict(image, imgsz=facts.imgsz, rect=False, verbose=False)[0].boxes
+        ref = ultralytics_model.predict(image, imgsz=facts.imgsz, rect=False, device="cpu", verbose=False)[0].boxes
         assert_same_detections(ours, ref.xyxy.numpy(), ref.conf.numpy(), ref.cls.numpy().astype(int))
         found += len(ours.scores) > 0
     assert found >= 10, "the demo model should find shapes on most validation images"

@@ -25,7 +25,8 @@ def test_bus_is_a_crowded_scene(checkpoint: Path) -> None:
 
     model = export.load(str(checkpoint))
     assert model.names[0] == "person" and len(model.names) == 80
-    result = model.predict(images.read(SAMPLES / "bus.jpg"), imgsz=crowded.IMGSZ, conf=0.25, verbose=False)[0]
+    result = model.predict(images.read(SAMPLES / "bus.jpg"), imgsz=crowded.IMGSZ, conf=0.25, device="cpu",
+                           verbose=False)[0]
     n = len(result.boxes)
     assert 100 <= n < 300, n
     assert len(set(result.boxes.cls.tolist())) >= 10

@@ -64,7 +64,8 @@ def test_served_boxes_equal_ultralytics_predict(client, facts, ultralytics_model
     total = 0
     for image in sample_images().values():
         ours = client.detect(image).detections
-        ref = ultralytics_model.predict(image, imgsz=facts.imgsz, rect=False, conf=0.25, iou=0.7, verbose=False)[0]
+        ref = ultralytics_model.predict(image, imgsz=facts.imgsz, rect=False, conf=0.25, iou=0.7, device="cpu",
+                                       verbose=False)[0]
         b = ref.boxes
         assert_same_detections(ours, b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int))
         total += len(ours.scores)

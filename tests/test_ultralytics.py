@@ -25,7 +25,8 @@ def _ultralytics_detections(url: str, images: dict[str, np.ndarray]) -> dict[str
     out = {}
     for name, image in images.items():
         r = model(image, verbose=False)[0]
-        out[name] = (r.boxes.xyxy.numpy(), r.boxes.conf.numpy(), r.boxes.cls.numpy().astype(int), r.names)
+        b = r.boxes.cpu()
+        out[name] = (b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), r.names)
     return out
 
 

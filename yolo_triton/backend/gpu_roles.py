@@ -38,6 +38,8 @@ class _GpuRole:
         # died at the first encoded requests, which plain-process decode_jpeg did not do (the cause
         # is not found yet); OpenCV on the host is the default, as on the CPU models.
         self.nvjpeg = margs.params.get("nvjpeg", "0") == "1"
+        if self.nvjpeg:  # before any CUDA graph of this process is captured (torch_encoded.warm_up)
+            torch_encoded.warm_up(self.device)
 
     def images(self, batch: Requests, request: Any) -> list[torch.Tensor]:  # noqa: ANN401
         """One request's images on this GPU as pieces (backend.images): IMAGE, its shape checked

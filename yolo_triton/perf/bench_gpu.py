@@ -130,12 +130,15 @@ def measure_level(server: Server, data: Path, r: PaResult, out_dir: Path, interv
     return r
 
 
-def set_instances(repo: Path, model: str, count: int) -> None:
-    """Give one model of the benchmark's own repository `count` GPU instances."""
+def tune_model(repo: Path, model: str, instances: int = 0, params: dict[str, str] | None = None) -> None:
+    """Change one model of the benchmark's own repository: `instances` GPU instances (0: as
+    generated), and config parameters set to these values."""
     path = repo / model / "config.pbtxt"
     cfg = repository.parse(path.read_text())
     for group in cfg.instance_group:
-        group.count = count
+        group.count = instances or group.count
+    for key, value in (params or {}).items():
+        cfg.parameters[key].string_value = value
     path.write_text(repository.render(cfg))
 
 
@@ -232,10 +235,16 @@ def measure_scene(name: str, weights: str, args: argparse.Namespace, levels: lis
         repo = RUNS / "bench-gpu" / "repos" / tag
         if not build_repo(weights, repo, args.imgsz):
             return None
-    if args.pipeline_instances:
-        set_instances(repo, spec.variant("gpu_fused").pipeline, args.pipeline_instances)
-    facts = repository.read_facts(repo)
     artefact = repo / spec.variant("gpu").detector / "1" / spec.variant("gpu").artefact
+    if not artefact.exists():
+        print(f"bench-gpu: {shown(repo)} has no GPU detector ({shown(artefact)} is missing); build it with "
+              f"`yolo-triton build --repo {shown(repo)} --weights <checkpoint> --gpu-artefact`", file=sys.stderr)
+        return None
+    tune_model(repo, spec.variant("gpu_fused").pipeline, args.pipeline_instances,
+               {"nvjpeg": "1"} if args.nvjpeg else None)
+    if args.nvjpeg:
+        tune_model(repo, spec.variant("gpu").preprocess, params={"nvjpeg": "1"})
+    facts = repository.read_facts(repo)
     runs = 60 if args.quick else 200
     print(f"== scene {name}: weights {facts.source}, imgsz {facts.imgsz}, {len(facts.names)} classes", flush=True)
     print("(1) Ultralytics predict, FP16", flush=True)
@@ -273,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="served models to measure, comma-separated (default %(default)s)")
     ap.add_argument("--pipeline-instances", type=int, default=0,
                     help="GPU instances of pipeline_gpu in the benchmark's repository (default: as generated)")
+    ap.add_argument("--nvjpeg", action="store_true",
+                    help="decode IMAGE_BYTES with nvJPEG on the GPU (config `nvjpeg: \"1\"`) instead of on the host")
     ap.add_argument("--quick", action="store_true", help="shorter measurements (a smoke test, not a result)")
     args = ap.parse_args(argv)
     if args.weights or args.repo:

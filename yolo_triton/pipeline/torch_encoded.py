@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
+import numpy as np
 import torch
 import torchvision.io as tvio
 
@@ -30,6 +32,21 @@ def _nvjpeg(files: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
     """RGB CHW tensors on `device`, one batched nvJPEG call (torchvision >= 0.19 takes a list)."""
     data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
     return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device)
+
+
+def warm_up(device: torch.device) -> None:
+    """Decode one small JPEG with nvJPEG now, while the model loads.
+
+    nvJPEG creates its handle, its state and its device buffers at the first call. In a process
+    that has captured CUDA graphs, first-time work of that kind coincided with broken replays
+    (docs/benchmarks.md, "Found and fixed"), so a model that decodes with nvJPEG does it once
+    before any graph is captured, as GpuPipeline does for every other eager op.
+    """
+    ok, jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    if not ok:  # cannot happen: OpenCV always encodes a plain grey image
+        raise RuntimeError("could not encode the nvJPEG warm-up image")
+    _nvjpeg([jpeg.tobytes()] * 2, device)
+    torch.cuda.synchronize(device)
 
 
 def decode_all(files: Sequence[bytes], device: torch.device, nvjpeg: bool = True) -> list[torch.Tensor]:

@@ -83,8 +83,10 @@ def pseudo_labelled(weights: str, facts: ModelFacts, root: Path) -> Path:
     (root / "images" / "val").mkdir(parents=True)
     (root / "labels" / "val").mkdir(parents=True)
     for path in sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in images.IMAGE_SUFFIXES):
+        # On the CPU wherever the build runs: the labels a CPU runtime is gated on do not depend on
+        # whether the build machine has a GPU (nor on its TF32 convolutions).
         box = model.predict(images.read(path), imgsz=facts.imgsz, rect=False, conf=spec.DEFAULT_CONF,
-                            verbose=False)[0].boxes
+                            device="cpu", verbose=False)[0].boxes
         rows = np.column_stack([box.cls.numpy(), box.xywhn.numpy()])
         shutil.copy(path, root / "images" / "val" / path.name)
         np.savetxt(root / "labels" / "val" / f"{path.stem}.txt", rows, fmt=["%d"] + ["%.6f"] * 4)

@@ -97,6 +97,41 @@ def _assemble_python_backend(pt: Path) -> Path:
     return dest.parent
 
 
+def stub_numpy_version() -> str:
+    """The NumPy version the python backend stub will import ("" if none).
+
+    The stub runs this interpreter (environment() puts it first on PATH) but ignores PYTHONPATH:
+    its sys.path holds the interpreter's own folders, site-packages and the working directory,
+    and nothing from PYTHONPATH (seen by printing it from a model). `python -E` reads the same
+    path, so a NumPy that PYTHONPATH puts in front for this process is not taken for the stub's.
+    """
+    try:
+        out = subprocess.run([sys.executable, "-E", "-c", "import numpy; print(numpy.__version__)"],
+                             capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def stub_numpy_problem(install: TritonInstall, numpy_version: str) -> str | None:
+    """Why the models' Python cannot serve under this server's python backend stub, or None.
+
+    The stub of tritonserver 2.51 (the nvidia-pytriton 0.7.0 wheel, also where a tritonserver
+    unpacked from it is on PATH) is compiled against NumPy 1. Under NumPy 2 it builds a BYTES
+    input's array with the wrong strides, so its first byte repeats, deserialising the input
+    throws inside the stub, and the stub dies with the model: any IMAGE_BYTES request would take
+    the model down (seen with NumPy 2.5 and 2.2, for a 10-byte and a 137 kB input alike, in CPU
+    and GPU instances; with NumPy 1.26 the same requests are served). NVIDIA's
+    container builds its stub for the NumPy it ships, so only this one is checked.
+    """
+    major = numpy_version.split(".")[0]
+    if not major.isdigit() or int(major) < 2 or not (install.bundled or "pytriton" in install.binary.parts):
+        return None
+    return (f"NumPy {numpy_version} is installed for the models, but the python backend stub of the bundled "
+            f"tritonserver 2.51 is built against NumPy 1 and dies at the first BYTES input (IMAGE_BYTES): "
+            f"install NumPy 1 (`python -m pip install 'numpy<2'`, as requirements.txt pins it)")
+
+
 def find_triton() -> TritonInstall:
     system = shutil.which("tritonserver")
     if system:

@@ -41,6 +41,8 @@ from yolo_triton.serve.install import (
     environment,
     find_triton,
     gpu_available,
+    stub_numpy_problem,
+    stub_numpy_version,
 )
 from yolo_triton.serve.keys import API_KEY_HEADER, key_headers
 from yolo_triton.serve.log_filter import LogFilter
@@ -159,6 +161,9 @@ class Server:
         self.ports = ports or Ports.free()
         self.host = host
         self.install = find_triton()
+        problem = stub_numpy_problem(self.install, stub_numpy_version())
+        if problem:
+            raise LaunchError(problem)
         self.gpu = gpu_available()
         self.plan = plan_models(repo, self.install.backends, self.gpu, only)
         repository.write_alias(repo, self.plan.alias)
