@@ -275,10 +275,10 @@ def test_numpy_2_under_the_bundled_stub_is_refused_before_any_model_loads(tmp_pa
     bundled = TritonInstall(tmp_path / "pytriton" / "tritonserver" / "bin" / "tritonserver", tmp_path, bundled=True)
     unpacked = TritonInstall(Path("/opt/x/pytriton/tritonserver/bin/tritonserver"), tmp_path)
     container = TritonInstall(Path("/opt/tritonserver/bin/tritonserver"), tmp_path)
-    assert "numpy<2" in stub_numpy_problem(bundled, "2.5.2")
-    assert stub_numpy_problem(unpacked, "2.1.0") is not None
-    assert stub_numpy_problem(bundled, "1.26.4") is None
-    assert stub_numpy_problem(container, "2.5.2") is None  # NVIDIA's container: its stub matches its NumPy
+    assert "numpy<2" in stub_numpy_problem(bundled, lambda: "2.5.2")
+    assert stub_numpy_problem(unpacked, lambda: "2.1.0") is not None
+    assert stub_numpy_problem(bundled, lambda: "1.26.4") is None
+    assert stub_numpy_problem(container, lambda: "2.5.2") is None  # NVIDIA's container: its stub matches its NumPy
     assert stub_numpy_version() == np.__version__  # this venv's, as the stub imports it
     monkeypatch.setattr(launcher, "stub_numpy_version", lambda: "2.5.2")
     with pytest.raises(launcher.LaunchError, match=r"NumPy 2\.5\.2 .* BYTES input"):

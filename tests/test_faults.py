@@ -21,7 +21,7 @@ from conftest import ROOT, sample_images
 from yolo_triton import spec
 from yolo_triton.client.detector import DetectorClient, ServerError
 from yolo_triton.serve.launcher import EXIT_TIMEOUT_S, Ports, Server, free_port
-from yolo_triton.serve.watchdog import SHM_DIR, STUB_NAME
+from yolo_triton.serve.watchdog import SHM_DIR, STUB_NAME, last_words
 
 # Every python model of the CPU variants, and the ensemble whose requests go through it.
 PYTHON_MODELS = {**{m: spec.variant("ort").ensemble for m in spec.variant("ort").stages},
@@ -77,6 +77,29 @@ def test_killed_stubs_come_back_and_requests_succeed(repo, tmp_path):
     # waits out its timeout (and reports it) instead of hanging.
     assert server.proc.returncode is not None
     assert time.monotonic() - start < EXIT_TIMEOUT_S + 30
+
+
+def test_a_dead_stubs_last_words_come_from_the_server_log_written_since(tmp_path):
+    """The watchdog names why a stub died (its C++ exception, or the last line of its traceback),
+    reading only what the log gained since the last death, so an old cause is never repeated."""
+    log = tmp_path / "tritonserver.log"
+    log.write_text("terminate called after throwing an instance of 'pybind11::error_already_set'\n"
+                   "  what():  error: an earlier death\n")
+    start = log.stat().st_size
+    with open(log, "a") as f:
+        f.write('I1202 06:00:00.0 1 model_lifecycle.cc:472] "loading: pipeline_gpu:1"\n'
+                "terminate called after throwing an instance of 'pybind11::error_already_set'\n"
+                "  what():  error: unpack_from requires a buffer of at least 3419130831 bytes\n\nAt:\n"
+                "  /x/triton_python_backend_utils.py(117): deserialize_bytes_tensor\n")
+    words, end = last_words(log, start)
+    assert words == "what():  error: unpack_from requires a buffer of at least 3419130831 bytes"
+    assert end == log.stat().st_size
+    assert last_words(log, end)[0] == ""  # nothing new since: no stale cause
+    with open(log, "a") as f:
+        f.write("Traceback (most recent call last):\n  File \"model.py\", line 1\n"
+                "torch.OutOfMemoryError: CUDA out of memory\n")
+    assert last_words(log, end)[0] == "torch.OutOfMemoryError: CUDA out of memory"
+    assert last_words(tmp_path / "missing.log", 0) == ("", 0)
 
 
 def test_stub_killed_under_load_loses_no_request(repo, tmp_path):

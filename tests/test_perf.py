@@ -314,6 +314,18 @@ def test_a_tool_without_a_built_repository_names_the_fix(command, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_bench_cpu_whose_server_cannot_start_says_why_in_one_line(repo, monkeypatch, capsys):
+    """A launch the launcher refuses (here: NumPy 2 under the bundled stub) ends the benchmark with
+    its reason, not a traceback."""
+    from yolo_triton.perf import bench_cpu
+    from yolo_triton.serve import launcher
+
+    monkeypatch.setattr(launcher, "stub_numpy_version", lambda: "2.5.2")
+    assert bench_cpu.main(["--repo", str(repo), "--scenes", "demo", "--seconds", "0.2", "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bench-cpu: NumPy 2.5.2 is installed for the models" in err and "numpy<2" in err, err[-2000:]
+
+
 def test_bench_cpu_refuses_an_input_size_it_cannot_apply():
     """A built repository's size is fixed: `--imgsz` without `--weights` is an error, not ignored."""
     out = run_tool("bench_cpu", "--imgsz", "640", ok=False, timeout=120)

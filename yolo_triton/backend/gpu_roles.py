@@ -34,9 +34,10 @@ class _GpuRole:
         self.device = gpu_tensors.gpu_device(pb_utils, margs.device_id, margs.name)
         self.io = gpu_tensors.TorchIO()
         self.pb = pb_utils
-        # nvJPEG only when the config asks ("nvjpeg": "1"): served under load on an H200, the stub
-        # died at the first encoded requests, which plain-process decode_jpeg did not do (the cause
-        # is not found yet); OpenCV on the host is the default, as on the CPU models.
+        # nvJPEG only when the config asks ("nvjpeg": "1"): it has not been measured on the served
+        # path. The stub deaths first blamed on it were NumPy 2 under the 2.51 stub, which kills any
+        # BYTES input (serve.install.stub_numpy_problem); OpenCV on the host is the default, as on
+        # the CPU models.
         self.nvjpeg = margs.params.get("nvjpeg", "0") == "1"
         if self.nvjpeg:  # before any CUDA graph of this process is captured (torch_encoded.warm_up)
             torch_encoded.warm_up(self.device)

@@ -43,7 +43,7 @@ from yolo_triton.data import crowded
 from yolo_triton.paths import DEFAULT_REPO, RUNS, SAMPLES
 from yolo_triton.perf.remote import remote_client
 from yolo_triton.perf.saturation import saturate
-from yolo_triton.perf.target import build_repo
+from yolo_triton.perf.target import build_repo, reported
 from yolo_triton.perf.timing import samples_ms
 from yolo_triton.pipeline import geometry
 from yolo_triton.pipeline.ort_session import make_session
@@ -240,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     if image is None:
         print(f"bench-cpu: cannot read {args.image}", file=sys.stderr)
         return 2
+    return reported("bench-cpu", lambda: _measure(scenes, image, args))
+
+
+def _measure(scenes: list[str], image: np.ndarray, args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     results = {}
     for scene in scenes:

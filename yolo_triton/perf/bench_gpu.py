@@ -50,7 +50,7 @@ from yolo_triton.perf import gpu_summary, inputs, metrics, perf_analyzer, stages
 from yolo_triton.perf.gpu_baselines import pipeline_in_process, raw_network, ultralytics_predict
 from yolo_triton.perf.probe import Probe, Window
 from yolo_triton.perf.runs import run_dir, shown, write_meta
-from yolo_triton.perf.target import build_repo, variant_of
+from yolo_triton.perf.target import build_repo, reported, variant_of
 from yolo_triton.repository import configs as repository
 from yolo_triton.serve import http_proxy
 from yolo_triton.serve.launcher import Server
@@ -303,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench-gpu: no CUDA GPU visible to torch: nothing to measure here (run it on a GPU machine)",
               file=sys.stderr)
         return 2
+    return reported("bench-gpu", lambda: _measure(scenes, args, torch.cuda.get_device_name(0)))
+
+
+def _measure(scenes: dict[str, str], args: argparse.Namespace, gpu_name: str) -> int:
     image_path = args.image or default_image()
     run = run_dir("bench-gpu")
-    gpu_name = torch.cuda.get_device_name(0)
     h, w = images.read(image_path).shape[:2]
     print(f"bench-gpu: {gpu_name}; image {image_path.name} {w}x{h}; scenes {', '.join(scenes)}", flush=True)
     measured = []

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def stub_numpy_version() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def stub_numpy_problem(install: TritonInstall, numpy_version: str) -> str | None:
+def stub_numpy_problem(install: TritonInstall, numpy_version: Callable[[], str] = stub_numpy_version) -> str | None:
     """Why the models' Python cannot serve under this server's python backend stub, or None.
 
     The stub of tritonserver 2.51 (the nvidia-pytriton 0.7.0 wheel, also where a tritonserver
@@ -124,10 +125,13 @@ def stub_numpy_problem(install: TritonInstall, numpy_version: str) -> str | None
     and GPU instances; with NumPy 1.26 the same requests are served). NVIDIA's
     container builds its stub for the NumPy it ships, so only this one is checked.
     """
-    major = numpy_version.split(".")[0]
-    if not major.isdigit() or int(major) < 2 or not (install.bundled or "pytriton" in install.binary.parts):
+    if not (install.bundled or "pytriton" in install.binary.parts):
         return None
-    return (f"NumPy {numpy_version} is installed for the models, but the python backend stub of the bundled "
+    version = numpy_version()
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) < 2:
+        return None
+    return (f"NumPy {version} is installed for the models, but the python backend stub of the bundled "
             f"tritonserver 2.51 is built against NumPy 1 and dies at the first BYTES input (IMAGE_BYTES): "
             f"install NumPy 1 (`python -m pip install 'numpy<2'`, as requirements.txt pins it)")
 

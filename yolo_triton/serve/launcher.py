@@ -161,7 +161,7 @@ class Server:
         self.ports = ports or Ports.free()
         self.host = host
         self.install = find_triton()
-        problem = stub_numpy_problem(self.install, stub_numpy_version())
+        problem = stub_numpy_problem(self.install, stub_numpy_version)
         if problem:
             raise LaunchError(problem)
         self.gpu = gpu_available()
@@ -256,7 +256,7 @@ class Server:
     def start_watchdog(self) -> None:
         """Reload a python model whose stub died (Triton 2.51 does not; see yolo_triton.watchdog)."""
         if self.watch and self.proc is not None:
-            self.watchdog = StubWatchdog(self.proc.pid, self.url, self.headers).start()
+            self.watchdog = StubWatchdog(self.proc.pid, self.url, self.headers, server_log=self.log).start()
 
     def wait_ready(self, timeout: float) -> None:
         import tritonclient.grpc as grpcclient

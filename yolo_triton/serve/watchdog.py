@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import threading
 import time
@@ -35,6 +36,28 @@ STUB_NAME = "triton_python_backend_stub"
 RETRY_S = 5.0
 RELOAD_PARAMETER = "watchdog_reload"  # config parameter that forces new instances (see above)
 SHM_DIR = Path("/dev/shm")
+LAST_WORDS_BYTES = 64 << 10  # of the server log, read back for a dead stub's cause
+_PY_ERROR = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
+
+
+def last_words(log: Path, start: int) -> tuple[str, int]:
+    """What the server log says about a stub's death, from byte `start` on, and the log's end.
+
+    A stub that dies of an exception in its C++ part (a BYTES input it cannot deserialise, say)
+    leaves `terminate called after throwing ...` and a `what():` line; one that dies in Python
+    leaves a traceback whose last line names the error. The last such line is the cause; ""
+    when the log says nothing (a stub killed from outside)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            end = f.tell()
+            f.seek(max(start, end - LAST_WORDS_BYTES))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "", start
+    lines = [line.strip() for line in text.splitlines()]
+    causes = [line for line in lines if line.startswith("what():") or _PY_ERROR.match(line)]
+    return (causes[-1][:300] if causes else ""), end
 
 
 @dataclass(frozen=True)
@@ -74,8 +97,12 @@ class StubWatchdog:
         headers: dict[str, str] | None = None,
         interval_s: float = 0.5,
         log: Callable[[str], None] | None = None,
+        server_log: Path | None = None,
     ) -> None:
+        """`server_log`: the file tritonserver writes, where a dead stub's last words are read."""
         self.server = psutil.Process(server_pid)
+        self.server_log = server_log
+        self._log_read = server_log.stat().st_size if server_log and server_log.exists() else 0
         self.url, self.headers, self.interval_s = url, headers, interval_s
         self.log = log or (lambda msg: print(f"watchdog: {msg}", file=sys.stderr, flush=True))
         self.recoveries: list[Recovery] = []
@@ -157,7 +184,7 @@ class StubWatchdog:
                 if not client.is_model_ready(model, client_timeout=10):
                     self._handled.add(pid)  # being unloaded or reloaded by someone else
                     continue
-                self.log(f"stub {pid} of '{model}' died; reloading the model")
+                self.log(f"stub {pid} of '{model}' died{self._cause()}; reloading the model")
                 self._generation += 1
                 config = client.get_model_config(model, as_json=True, client_timeout=10)["config"]
                 config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": str(self._generation)}
@@ -176,6 +203,13 @@ class StubWatchdog:
             self.log(f"'{model}' reloaded in {took:.1f} s")
             reloaded.append(model)
         return reloaded
+
+    def _cause(self) -> str:
+        if self.server_log is None:
+            return ""
+        time.sleep(0.2)  # the stub's last lines reach the log through the server's pipe
+        words, self._log_read = last_words(self.server_log, self._log_read)
+        return f" (server log: {words})" if words else ""
 
     def unlink_regions(self) -> None:
         """After the server itself was killed: remove the regions of every stub it had (Triton's
