@@ -133,6 +133,8 @@ def measure_level(server: Server, data: Path, r: PaResult, out_dir: Path, interv
 def tune_model(repo: Path, model: str, instances: int = 0, params: dict[str, str] | None = None) -> None:
     """Change one model of the benchmark's own repository: `instances` GPU instances (0: as
     generated), and config parameters set to these values."""
+    if not instances and not params:
+        return
     path = repo / model / "config.pbtxt"
     cfg = repository.parse(path.read_text())
     for group in cfg.instance_group:

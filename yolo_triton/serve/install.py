@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import os
 import shutil
@@ -98,6 +99,7 @@ def _assemble_python_backend(pt: Path) -> Path:
     return dest.parent
 
 
+@functools.cache  # one interpreter per process: every server started from it asks once
 def stub_numpy_version() -> str:
     """The NumPy version the python backend stub will import ("" if none).
 
