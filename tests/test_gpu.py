@@ -368,6 +368,23 @@ def test_gpu_configs_keep_tensors_on_the_gpu(repo):
     assert fused.max_batch_size == max(torch_network.BUCKETS), "a batch never exceeds the largest CUDA graph"
 
 
+def test_bench_gpu_sets_the_decoder_of_its_own_repositories_and_leaves_a_named_one_alone(repo, tmp_path):
+    import shutil
+
+    from yolo_triton.perf import bench_gpu
+
+    assert bench_gpu.decoder_params(nvjpeg=False, own_repo=False) is None
+    for nvjpeg, want in ((True, "1"), (False, "0")):  # "0" after "1": a reused repository decodes on the host again
+        params = bench_gpu.decoder_params(nvjpeg, own_repo=True)
+        for model in (FUSED.pipeline, GPU.preprocess):
+            if not (tmp_path / model).exists():  # copied once: the second pass tunes the first one's config
+                shutil.copytree(repo / model, tmp_path / model, ignore=shutil.ignore_patterns("1"))
+            bench_gpu.tune_model(tmp_path, model, params=params)
+            cfg = repository.parse((tmp_path / model / "config.pbtxt").read_text())
+            assert cfg.parameters["nvjpeg"].string_value == want, (model, nvjpeg)
+            assert cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no", "the rest is kept"
+
+
 def test_launcher_loads_the_gpu_variant_only_with_a_gpu(repo):
     without = launcher.plan_models(repo, set(), gpu=False)
     assert without.skipped[GPU.ensemble] == "needs a GPU, none visible"

@@ -20,7 +20,7 @@ measured on this machine's GPU with that scene's weights:
       pipeline would hand it over), and images/s at saturation; per-model time from Triton's
       statistics around every run, and the fused model's stage metrics where it publishes them.
       The "remote client" level (c1-remote-jpeg) sends the photo's own JPEG bytes (IMAGE_BYTES,
-      decoded on the server: on the host, unless the config turns nvJPEG on) over gRPC without shared memory.
+      decoded on the server: on the host, or by nvJPEG with --nvjpeg) over gRPC without shared memory.
       The fused pipeline's own stages (letterbox, network, NMS) are timed in this process on the
       same image, with a synchronisation after each (yolo_triton.perf.gpu_baselines).
 Each scene ends with its ratios (served c1 / raw, Ultralytics / served, saturated / raw) and
@@ -144,6 +144,15 @@ def tune_model(repo: Path, model: str, instances: int = 0, params: dict[str, str
     path.write_text(repository.render(cfg))
 
 
+def decoder_params(nvjpeg: bool, own_repo: bool) -> dict[str, str] | None:
+    """The GPU models' IMAGE_BYTES decoder for this run. The benchmark's own repositories are
+    reused between runs, so theirs is set either way (a run after `--nvjpeg` decodes on the host
+    again); a repository named by --repo keeps its configs unless --nvjpeg asks."""
+    if nvjpeg or own_repo:
+        return {"nvjpeg": "1" if nvjpeg else "0"}
+    return None
+
+
 def served(repo: Path, image: np.ndarray, run: Path, models: list[str], levels: list[PaResult],
            interval_ms: int, photo: Path) -> tuple[list[PaResult], dict]:
     data = inputs.write_input_data([image], run / "perf_analyzer" / "input.json", with_defaults=True)
@@ -242,10 +251,9 @@ def measure_scene(name: str, weights: str, args: argparse.Namespace, levels: lis
         print(f"bench-gpu: {shown(repo)} has no GPU detector ({shown(artefact)} is missing); build it with "
               f"`yolo-triton build --repo {shown(repo)} --weights <checkpoint> --gpu-artefact`", file=sys.stderr)
         return None
-    tune_model(repo, spec.variant("gpu_fused").pipeline, args.pipeline_instances,
-               {"nvjpeg": "1"} if args.nvjpeg else None)
-    if args.nvjpeg:
-        tune_model(repo, spec.variant("gpu").preprocess, params={"nvjpeg": "1"})
+    decoder = decoder_params(args.nvjpeg, own_repo=args.repo is None)
+    tune_model(repo, spec.variant("gpu_fused").pipeline, args.pipeline_instances, decoder)
+    tune_model(repo, spec.variant("gpu").preprocess, params=decoder)
     facts = repository.read_facts(repo)
     runs = 60 if args.quick else 200
     print(f"== scene {name}: weights {facts.source}, imgsz {facts.imgsz}, {len(facts.names)} classes", flush=True)
