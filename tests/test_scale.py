@@ -102,3 +102,13 @@ def test_an_interrupted_run_leaves_no_process_behind(repo, tmp_path):
     started = json.loads((run / "processes.json").read_text())
     assert len(started["tritonserver"]) == 2 and started["nginx"] and started["prometheus"] and started["locust"]
     assert not survivors(run)
+
+
+def test_the_ports_of_a_run_are_all_different():
+    """Replicas, balancer and Prometheus take their ports before any of them binds one: the kernel
+    may offer a released port again, and a run once gave one replica's metrics port to another's
+    gRPC (the second replica then refused connections)."""
+    from yolo_triton.serve.launcher import Ports
+
+    ports = [p for _ in range(150) for p in vars(Ports.free()).values()]
+    assert len(set(ports)) == len(ports) == 450

@@ -63,10 +63,21 @@ EXIT_TIMEOUT_S = 10
 CUDA_POOL_BYTES = 4 << 30  # Triton's CUDA memory pool on GPU 0 when a GPU variant is loaded
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, and never one this process handed out before. Ports are
+    chosen before the servers that bind them start, so the kernel may offer a port twice in a row:
+    two replicas of `make scale` once got the same one (one's metrics port was the other's gRPC)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no free local port that this process has not handed out already ({len(_HANDED_OUT)} so far)")
 
 
 @dataclass
