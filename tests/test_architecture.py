@@ -170,3 +170,36 @@ def test_requests_refuse_one_by_one_and_answer_the_rest_in_order():
     assert [r.error.message if r.error else int(r.tensors[0][1][0]) for r in responses] == \
         [10, "negative", 20, "three", "budget"]
     assert all(r.error.code == Error.INVALID_ARG for r in responses if r.error)
+
+
+def test_the_stub_profiles_its_execute_calls_when_the_environment_asks(repo, tmp_path, monkeypatch):
+    """With YOLO_TRITON_PROFILE_DIR set, each python model writes cProfile stats of its execute()
+    calls when it unloads: the served Python's own calls, counted (one execute per request here)."""
+    import pstats
+
+    from yolo_triton.backend.profiling import PROFILE_ENV
+
+    folder = tmp_path / "profile"
+    monkeypatch.setenv(PROFILE_ENV, str(folder))
+    image = next(iter(sample_images().values()))
+    with Server(repo, only=["ort_fused"], log=tmp_path / "ts.log") as s, DetectorClient(s.url, timeout_s=60) as c:
+        for _ in range(3):
+            assert len(c.detect(image).detections.scores) > 0
+    model = spec.variant("ort_fused").pipeline
+    files = list(folder.glob(f"{model}-*.pstats"))
+    assert len(files) == 1, sorted(p.name for p in folder.iterdir()) if folder.exists() else "no folder"
+    stats = pstats.Stats(str(files[0])).stats  # (file, line, function) -> (calls, ..., cumulative, ...)
+    executes = [v for (path, _, fn), v in stats.items() if fn == "execute" and path.endswith("roles.py")]
+    assert executes and sum(v[1] for v in executes) >= 3
+    assert max(v[3] for v in executes) > 0.0
+
+
+def test_without_the_variable_nothing_is_profiled(tmp_path, monkeypatch):
+    from yolo_triton.backend.profiling import PROFILE_ENV, ExecuteProfile
+
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    profile = ExecuteProfile("m")
+    with profile:
+        pass
+    profile.dump()
+    assert profile.profiler is None and profile.path is None

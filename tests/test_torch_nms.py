@@ -168,3 +168,40 @@ def test_graphed_nms_replays_what_the_eager_nms_computes():
         want = torch_decode.postprocess_batch(raw[:3], rows, limits)
         assert_identical(torch_nms.to_detections(got, counts), want)
         assert sum(len(d.scores) for d in want) > 100
+
+
+@needs_cuda
+def test_graphed_nms_moves_to_the_larger_tier_only_when_an_image_has_more_candidates():
+    """With a small first tier, an image with more candidates than it holds is answered by the
+    next tier's replay, exactly; a call whose images all fit stays on the first."""
+    from yolo_triton.pipeline import torch_network
+
+    device = torch.device("cuda", 0)
+    static = {4: torch_network.network_tail(torch.zeros((4, 84, 8400), device=device))}
+    graphed = torch_nms.GraphedNms(static, device, tiers=(32, torch_nms.CANDIDATES))
+    assert graphed.tiers == (32, torch_nms.CANDIDATES)
+    raw = torch.from_numpy(raw_batch(1, 4)).to(device)
+    tail = torch_network.network_tail(raw)
+    for field in ("raw", "scores", "classes"):
+        getattr(static[4], field).copy_(getattr(tail, field))
+    rows = rows_for(2)
+    for limits, escalates in (([(0.995, 0.7, 300)] * 2, False), ([(0.25, 0.7, 300), (0.995, 0.7, 300)], True)):
+        before = graphed.escalations
+        options = np.array([torch_nms.options_row(lim, row) for lim, row in zip(limits, rows)], np.float32)
+        got, counts, exact = graphed(options)
+        assert exact.all()
+        assert (graphed.escalations > before) == escalates
+        want = torch_decode.postprocess_batch(raw[:2], rows, limits)
+        assert_identical(torch_nms.to_detections(got, counts), want)
+    assert sum(len(d.scores) for d in want) > 32
+
+
+def test_pack_puts_each_images_count_and_flag_before_its_rows():
+    """GraphedNms's one copy out: (count, exact, rows...) per image, counts exact in float32."""
+    rows = torch.arange(2 * 3 * torch_nms.ROW, dtype=torch.float32).view(2, 3, torch_nms.ROW)
+    fixed = torch_nms.Fixed(rows, torch.tensor([3, 0]), torch.tensor([True, False]))
+    packed = torch_nms.pack(fixed).numpy()
+    assert packed.shape == (2, torch_nms.HEADER + 3 * torch_nms.ROW)
+    np.testing.assert_array_equal(packed[:, 0], [3, 0])
+    np.testing.assert_array_equal(packed[:, 1], [1, 0])
+    np.testing.assert_array_equal(packed[:, torch_nms.HEADER:].reshape(2, 3, torch_nms.ROW), rows.numpy())

@@ -1,9 +1,9 @@
 """The GPU models' side of the python backend: their device, and tensors in and out of torch by DLPack.
 
-Tensors cross the stub boundary by DLPack only, host tensors included: the stub's NumPy path
-(`as_numpy`, `pb_utils.Tensor(name, ndarray)`) is compiled against NumPy 1 and reads wrong
-strides and a zero byte size under NumPy 2 (seen with Triton 24.10's stub; docs/gpu.md).
-`pb_utils` is passed in because it exists only inside the stub.
+Inputs cross the stub boundary by DLPack, so that an image in GPU memory (CUDA shared memory, an
+upstream GPU step) is used in place. GPU outputs leave by DLPack too; host outputs (the kept
+boxes) by the stub's NumPy path, which is cheaper and needs the NumPy 1 the stub is built for
+(docs/gpu.md). `pb_utils` is passed in because it exists only inside the stub.
 """
 
 from __future__ import annotations
@@ -78,15 +78,15 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
 
 
 def output(pb_utils: ModuleType, name: str, array: np.ndarray) -> Any:  # noqa: ANN401 - pb_utils.Tensor
-    """A host output by DLPack. An empty array is re-made in torch: NumPy gives zero-size arrays
-    all-zero strides, which the stub's C-order check rejects."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    return pb_utils.Tensor.from_dlpack(name, t if array.size else torch.empty(array.shape, dtype=t.dtype))
+    """A host output by the stub's NumPy path, which works under every server the launcher starts
+    (it refuses a NumPy 2 under the bundled stub, serve.install). By DLPack the four outputs took
+    0.16 ms a request in a cProfile of the served H200 path (docs/benchmarks.md)."""
+    return pb_utils.Tensor(name, np.ascontiguousarray(array))
 
 
 class TorchIO:
     """The GPU models' TensorIO: inputs as torch tensors where Triton put them (DLPack), small
-    options copied to the host in one go (`optionals`), outputs by DLPack."""
+    options copied to the host in one go (`optionals`); host outputs by NumPy, GPU ones by DLPack."""
 
     def __init__(self, stream: torch.cuda.Stream | None = None) -> None:
         self.stream = stream

@@ -13,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 from yolo_triton.backend import roles
 from yolo_triton.backend.args import ModelArgs
 from yolo_triton.backend.metrics import StageMetrics, Stopwatch
+from yolo_triton.backend.profiling import ExecuteProfile
 from yolo_triton.backend.requests import Requests
 
 
@@ -24,13 +25,16 @@ class TritonPythonModel:
         except FileNotFoundError as e:  # the artefact: the message says how to build it
             raise pb_utils.TritonModelException(str(e)) from None
         self.metrics = StageMetrics(pb_utils, margs.name, self.role.stages)
+        self.profile = ExecuteProfile(margs.name)  # off unless the server's environment asks for it
 
     def execute(self, requests: list) -> list:
-        batch = Requests(pb_utils, requests, self.role.io)
-        watch = Stopwatch()
-        images = self.role.execute(batch, watch)
-        self.metrics.add(watch.seconds, images)
+        with self.profile:
+            batch = Requests(pb_utils, requests, self.role.io)
+            watch = Stopwatch()
+            images = self.role.execute(batch, watch)
+            self.metrics.add(watch.seconds, images)
         return batch.responses
 
     def finalize(self) -> None:
         self.metrics.flush()
+        self.profile.dump()

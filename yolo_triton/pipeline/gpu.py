@@ -105,18 +105,19 @@ class GpuPipeline:
         if total > self.max_batch:  # the config's max_batch_size is the largest graph: cannot happen
             raise ValueError(f"{total} images in one execute exceed the largest CUDA graph ({self.max_batch})")
         t = time.perf_counter()
-        self._marks[0].record()
+        stream = torch.cuda.current_stream(self.device)  # once: each bare record() looked it up, slowly
+        self._marks[0].record(stream)
         if self.letterbox(batches):  # one shape, seen before: from its CUDA graph
             h, w = batches[0].shape[1:3]
             rows = torch_letterbox.plan_rows(h, w, self.imgsz, total)
         else:
             rows = torch_letterbox.letterbox_many(batches, self.imgsz, self.net.static_in)
         t = self._mark("letterbox", t)
-        self._marks[1].record()
+        self._marks[1].record(stream)
         out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time
-        self._marks[2].record()
+        self._marks[2].record(stream)
         self._finite.copy_(out.finite, non_blocking=True)
-        self._finite_ready.record()
+        self._finite_ready.record(stream)
         sizes = [b.shape[0] for b in batches]
         return Started(rows, out.raw, sizes, t, (out.scores, out.classes), self._replayed_finite, t0)
 

@@ -58,17 +58,21 @@ def check_image_shape(shape: Sequence[int]) -> None:
         )
 
 
-def _scalar(name: str, value: np.ndarray | float | None, batch: int) -> np.ndarray | None:
-    """One value per image (or one for all); arrays from the server, plain numbers from clients."""
+def _scalar(name: str, value: np.ndarray | float | None, batch: int) -> list | None:
+    """One value per image (or one for all), as Python numbers; arrays from the server, plain
+    numbers from clients. `tolist` converts them in one call: per-element NumPy scalars and
+    `np.broadcast_to` were a tenth of a GPU request's Python (docs/benchmarks.md)."""
     if value is None:
         return None
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise InputError(f"{name}: expected a number, got {array.dtype} {value!r:.40}")
     flat = array.reshape(-1)
-    if flat.size not in (1, batch):
-        raise InputError(f"{name}: expected one value per image (shape [batch, 1]), got {list(array.shape)}")
-    return np.broadcast_to(flat, (batch,))
+    if flat.size == batch:
+        return flat.tolist()
+    if flat.size == 1:
+        return flat.tolist() * batch
+    raise InputError(f"{name}: expected one value per image (shape [batch, 1]), got {list(array.shape)}")
 
 
 def check_thresholds(
@@ -83,7 +87,7 @@ def check_thresholds(
     dets = _scalar(spec.MAX_DETECTIONS.name, max_det, batch)
     out = []
     for i in range(batch):
-        c = spec.DEFAULT_CONF if confs is None else float(confs[i])
+        c = spec.DEFAULT_CONF if confs is None else float(confs[i])  # float(): bools and ints too
         u = spec.DEFAULT_IOU if ious is None else float(ious[i])
         m = spec.DEFAULT_MAX_DET if dets is None else dets[i]
         for tname, v in ((spec.CONF_THRESHOLD.name, c), (spec.IOU_THRESHOLD.name, u)):
@@ -103,8 +107,8 @@ def check_flags(name: str, value: np.ndarray | bool | None, batch: int) -> list[
     flags = _scalar(name, value, batch)
     if flags is None:
         return [False] * batch
-    if not ((flags == 0) | (flags == 1)).all():  # np.isin took 65 us per call here, this 8 us
-        raise InputError(f"{name}: must be true or false, got {flags.tolist()}")
+    if any(f not in (0, 1) for f in flags):  # 1.0 and True are 1; NaN is neither
+        raise InputError(f"{name}: must be true or false, got {flags}")
     return [bool(f) for f in flags]
 
 
