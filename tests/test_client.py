@@ -11,6 +11,7 @@ from conftest import SAMPLES, sample_images
 
 from yolo_triton import spec
 from yolo_triton.client import detect
+from yolo_triton.client.detector import DetectorClient
 
 
 def test_detect_json_matches_direct_client(server, client, tmp_path, capsys):
@@ -73,22 +74,25 @@ def test_detect_reports_bad_files_and_carries_on(server, tmp_path, capsys):
     assert [r["image"] for r in json.loads(out.read_text())] == [str(good)]
 
 
-def test_the_short_example_client_prints_what_the_server_answers(server, client):
-    """clients/grpc_client.py: tritonclient alone, no project code, against the real server."""
+def test_the_short_example_client_prints_what_the_server_answers(server):
+    """clients/grpc_client.py: tritonclient alone, no project code, against the real server. It
+    calls `yolov8n`, which is INT8 where its gate passed: compared with that model's answer (INT8
+    and FP32 may differ by a box near the threshold, as on bus.jpg on AVX2 CPUs)."""
     import subprocess
     import sys
 
     from conftest import ROOT, SAMPLES
 
     path = SAMPLES / "bus.jpg" if (SAMPLES / "bus.jpg").exists() else next(SAMPLES.glob("*.jpg"))
-    want = client.detect(cv2.imread(str(path))).detections
+    with DetectorClient(server.url, model=spec.ALIAS, timeout_s=60) as client:
+        want = client.detect(cv2.imread(str(path))).detections
+        names = client.names
     out = subprocess.run([sys.executable, str(ROOT / "clients" / "grpc_client.py"), str(path), server.url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[-1].startswith(f"{len(want.scores)} detections in ")
     assert len(lines) == len(want.scores) + 1 and len(want.scores) > 0
-    names = client.names
     assert lines[0].split()[0] == names[int(want.classes[0])]
 
 

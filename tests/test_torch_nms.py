@@ -14,6 +14,9 @@ import torch
 from yolo_triton.pipeline import geometry, torch_decode, torch_nms
 from yolo_triton.pipeline.nms import Detections
 
+CUDA = torch.cuda.is_available()
+# On the GPU where there is one; on CPU tensors otherwise, the kernels in Triton's interpreter (conftest.py).
+DEVICE = torch.device("cuda", 0) if CUDA else torch.device("cpu")
 SIZES = ((1080, 810), (100, 1500), (640, 640), (33, 47))
 
 
@@ -51,25 +54,27 @@ def assert_identical(got: list[Detections], want: list[Detections]) -> None:
 
 def both(raw: np.ndarray, limits: list[tuple[float, float, int]], multi: list[bool] | None = None,
          k: int = torch_nms.CANDIDATES) -> tuple[list[Detections], list[Detections]]:
-    t = torch.from_numpy(raw)
+    """(fixed path, dynamic path) on the test device."""
+    t = torch.from_numpy(raw).to(DEVICE)
     rows = rows_for(len(raw))
     return (torch_nms.postprocess_batch(t, rows, limits, multi, k=k),
             torch_decode.postprocess_batch(t, rows, limits, multi))
 
 
 def fixed(raw: np.ndarray, limits: list[tuple[float, float, int]], k: int = torch_nms.CANDIDATES,
-          iterations: int = torch_nms.ITERATIONS) -> torch_nms.Fixed:
-    conf, iou, max_det = (torch.tensor(v) for v in zip(*limits))
-    return torch_nms.fixed_nms(torch.from_numpy(raw), None, conf.float(), iou.float(), max_det.long(),
-                               torch.from_numpy(rows_for(len(raw))), None, k, iterations)
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fixed_nms`'s table on the test device, unpacked: (rows, counts, exact)."""
+    rows = rows_for(len(raw))
+    options = np.array([torch_nms.options_row(lim, row) for lim, row in zip(limits, rows)], np.float32)
+    table = torch_nms.fixed_nms(torch.from_numpy(raw).to(DEVICE), None, torch.from_numpy(options).to(DEVICE), None, k)
+    return torch_nms.unpack(table.cpu().numpy(), (table.shape[1] - torch_nms.HEADER) // torch_nms.ROW)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_per_image_thresholds_equal_the_dynamic_path(seed):
     raw = raw_batch(seed, 4)
     limits = [(0.25, 0.7, 300), (0.3, 0.5, 20), (0.4, 0.45, 300), (0.95, 0.7, 300)]
-    out = fixed(raw, limits)
-    assert bool(out.exact.all()), "every image must take the fixed path here"
+    assert fixed(raw, limits)[2].all(), "every image must take the fixed path here"
     got, want = both(raw, limits)
     assert_identical(got, want)
     assert sum(len(d.scores) for d in want) > 100, "the case must exercise NMS"
@@ -81,7 +86,7 @@ def test_ties_keep_anchor_order():
     raw = raw_batch(7, 2, nc=3, anchors=2100, clusters=6)
     raw[:, 4:] = np.round(raw[:, 4:] * 8) / 8  # a few distinct scores: ties everywhere
     limits = [(0.2, 0.6, 300), (0.3, 0.7, 300)]
-    assert bool(fixed(raw, limits).exact.all())
+    assert fixed(raw, limits)[2].all()
     got, want = both(raw, limits)
     assert_identical(got, want)
     assert len(np.unique(want[0].scores)) < len(want[0].scores), "ties must be present"
@@ -100,26 +105,34 @@ def test_too_many_candidates_go_to_the_dynamic_path():
     """Past k candidates the image is flagged and answered exactly, never truncated."""
     raw = raw_batch(3, 2)
     limits = [(0.0005, 0.7, 300), (0.25, 0.7, 300)]
-    out = fixed(raw, limits, k=768)
-    assert out.exact.tolist() == [False, True]
+    assert fixed(raw, limits, k=768)[2].tolist() == [False, True]
     got, want = both(raw, limits, k=768)
     assert_identical(got, want)
 
 
-def test_unsettled_passes_are_flagged_and_answered_exactly():
-    """A chain of boxes, each suppressing the next: greedy keeps every other one, which takes one
-    pass per link; with fewer passes the image is flagged, and the answer is still exact."""
-    n = 40
-    raw = np.zeros((1, 5, 64), np.float32)
+@pytest.mark.parametrize("n", [40, 100])
+def test_a_chain_across_blocks_is_resolved_greedily(n):
+    """A chain of boxes, each overlapping the next: greedy keeps every other one, and a box it
+    drops suppresses nothing. The scan goes 32 candidates a block, so chains longer than a block
+    check that suppression crosses blocks only from kept boxes."""
+    raw = np.zeros((1, 5, 128), np.float32)
     raw[0, 0, :n] = 100 + 10 * np.arange(n)  # centres 10 px apart, width 40: IoU 0.6 with the next one
     raw[0, 1, :n], raw[0, 2, :n], raw[0, 3, :n] = 100, 40, 40
     raw[0, 4, :n] = np.linspace(0.9, 0.5, n)
     limits = [(0.25, 0.5, 300)]
-    assert fixed(raw, limits, iterations=4).exact.tolist() == [False]
-    assert fixed(raw, limits, iterations=n).exact.tolist() == [True]
+    assert fixed(raw, limits)[2].tolist() == [True]
     got, want = both(raw, limits)
     assert_identical(got, want)
     assert len(want[0].scores) == n // 2
+
+
+def test_max_detections_stops_the_scan_at_any_rank():
+    """MAX_DETECTIONS anywhere in a block, at a block's end, or past what there is."""
+    raw = raw_batch(9, 1)
+    for max_det in (0, 1, 31, 32, 33, 64, 1000):
+        got, want = both(raw, [(0.25, 0.7, max_det)])
+        assert_identical(got, want)
+    assert len(want[0].scores) > 64
 
 
 def test_empty_and_single_candidate_images():
@@ -130,7 +143,6 @@ def test_empty_and_single_candidate_images():
     assert len(got[0].scores) == 0 and got[0].boxes.shape == (0, 4) and len(got[2].scores) == 0
 
 
-CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU visible to torch (none here)")
 
 
@@ -171,37 +183,37 @@ def test_graphed_nms_replays_what_the_eager_nms_computes():
 
 
 @needs_cuda
-def test_graphed_nms_moves_to_the_larger_tier_only_when_an_image_has_more_candidates():
-    """With a small first tier, an image with more candidates than it holds is answered by the
-    next tier's replay, exactly; a call whose images all fit stays on the first."""
+def test_one_graph_serves_sparse_and_crowded_images_alike():
+    """The kernels work over the candidates each image has: one replay answers a batch mixing an
+    image with none, one with a few and one with hundreds, each exactly."""
     from yolo_triton.pipeline import torch_network
 
     device = torch.device("cuda", 0)
     static = {4: torch_network.network_tail(torch.zeros((4, 84, 8400), device=device))}
-    graphed = torch_nms.GraphedNms(static, device, tiers=(32, torch_nms.CANDIDATES))
-    assert graphed.tiers == (32, torch_nms.CANDIDATES)
+    graphed = torch_nms.GraphedNms(static, device)
     raw = torch.from_numpy(raw_batch(1, 4)).to(device)
     tail = torch_network.network_tail(raw)
     for field in ("raw", "scores", "classes"):
         getattr(static[4], field).copy_(getattr(tail, field))
-    rows = rows_for(2)
-    for limits, escalates in (([(0.995, 0.7, 300)] * 2, False), ([(0.25, 0.7, 300), (0.995, 0.7, 300)], True)):
-        before = graphed.escalations
-        options = np.array([torch_nms.options_row(lim, row) for lim, row in zip(limits, rows)], np.float32)
-        got, counts, exact = graphed(options)
-        assert exact.all()
-        assert (graphed.escalations > before) == escalates
-        want = torch_decode.postprocess_batch(raw[:2], rows, limits)
-        assert_identical(torch_nms.to_detections(got, counts), want)
-    assert sum(len(d.scores) for d in want) > 32
+    rows = rows_for(3)
+    limits = [(1.0, 0.7, 300), (0.995, 0.7, 300), (0.25, 0.7, 300)]
+    options = np.array([torch_nms.options_row(lim, row) for lim, row in zip(limits, rows)], np.float32)
+    got, counts, exact = graphed(options)
+    assert exact.all()
+    want = torch_decode.postprocess_batch(raw[:3], rows, limits)
+    assert_identical(torch_nms.to_detections(got, counts), want)
+    assert len(want[0].scores) == 0 and 0 < len(want[1].scores) < 32 < len(want[2].scores)
 
 
-def test_pack_puts_each_images_count_and_flag_before_its_rows():
-    """GraphedNms's one copy out: (count, exact, rows...) per image, counts exact in float32."""
-    rows = torch.arange(2 * 3 * torch_nms.ROW, dtype=torch.float32).view(2, 3, torch_nms.ROW)
-    fixed = torch_nms.Fixed(rows, torch.tensor([3, 0]), torch.tensor([True, False]))
-    packed = torch_nms.pack(fixed).numpy()
-    assert packed.shape == (2, torch_nms.HEADER + 3 * torch_nms.ROW)
-    np.testing.assert_array_equal(packed[:, 0], [3, 0])
-    np.testing.assert_array_equal(packed[:, 1], [1, 0])
-    np.testing.assert_array_equal(packed[:, torch_nms.HEADER:].reshape(2, 3, torch_nms.ROW), rows.numpy())
+def test_the_table_puts_each_images_count_and_flag_before_its_rows():
+    """GraphedNms's one copy out: (count, exact, rows...) per image, counts exact in float32;
+    `unpack` reads as many rows as the caller copied."""
+    raw = raw_batch(4, 2)
+    limits = [(0.25, 0.7, 5), (0.99, 0.7, 300)]
+    rows, counts, exact = fixed(raw, limits)
+    assert rows.shape == (2, torch_nms.CANDIDATES, torch_nms.ROW)
+    assert counts.tolist() == [5, len(both(raw, limits)[1][1].scores)] and exact.all()
+    narrow = np.concatenate([counts[:, None], exact[:, None], rows[:, :5].reshape(2, -1)], 1).astype(np.float32)
+    again = torch_nms.unpack(narrow, 5)
+    np.testing.assert_array_equal(again[0], rows[:, :5])
+    np.testing.assert_array_equal(again[1], counts)

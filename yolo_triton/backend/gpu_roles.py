@@ -12,6 +12,7 @@ import time
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
 from yolo_triton import spec
@@ -21,7 +22,7 @@ from yolo_triton.backend.images import count, cut, flatten, image_input, regroup
 from yolo_triton.backend.metrics import Stopwatch
 from yolo_triton.backend.requests import Requests
 from yolo_triton.backend.roles import postprocess_inputs, split
-from yolo_triton.pipeline import encoded, torch_decode, torch_encoded, torch_letterbox, torch_network
+from yolo_triton.pipeline import encoded, torch_decode, torch_encoded, torch_letterbox, torch_network, torch_nms
 from yolo_triton.pipeline.gpu import GpuPipeline
 from yolo_triton.pipeline.postprocess import pad_batch
 from yolo_triton.pipeline.validation import check_image_shape
@@ -123,23 +124,23 @@ class TorchNetwork(_GpuRole):
 
 
 class Postprocess(_GpuRole):
-    """Staged step 3 on the GPU: decode and batched NMS for every image of the execute() in one pass;
-    only the kept boxes come to the host.
-
-    This keeps `torch_decode` (dynamic shapes, torchvision's kernel, three host waits) rather than
-    the fused model's `torch_nms`: the fixed-size NMS pays for its k x k buffers only when it is
-    replayed from a CUDA graph, and run eagerly here it measured 5.0 ms a crowded-scene request
-    on an H200 (docs/benchmarks.md), several times the dynamic path.
+    """Staged step 3 on the GPU: decode and batched NMS for every image of the execute() in one pass,
+    with the fused model's fixed-size NMS (`torch_nms`, its Triton kernels run eagerly here): no
+    host synchronisation until the one copy of the kept boxes to the host. An image with more
+    candidates than it holds is answered by `torch_decode` (dynamic, exact), as MULTI_LABEL is
+    when the candidate set is anchors x classes wide.
     """
 
     stages = ("postprocess",)
 
     def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
         super().__init__(margs, pb_utils)
-        with torch.inference_mode():  # load torchvision's NMS kernel now, not in the first request
+        with torch.inference_mode():  # compile the kernels and load torchvision's NMS now, not in a request
             raw = torch.rand((2, 6, 64), device=self.device)
-            for conf, iou, max_det in (((0.0, 0.1), (0.5, 0.6), (10, 20)), ((0.0,), (0.5,), (10,))):
-                torch_decode.decode_batch(raw[: len(conf)], conf, iou, max_det).to_numpy(len(conf))
+            rows = np.array([[1.0, 1.0, 0.0, 0.0, 64.0, 64.0]] * 2, np.float32)
+            for limits, multi in (([(0.0, 0.1, 10), (0.5, 0.6, 20)], [True, False]), ([(0.0, 0.5, 10)], None)):
+                torch_nms.postprocess_batch(raw[: len(limits)], rows[: len(limits)], limits, multi)
+                torch_decode.postprocess_batch(raw[: len(limits)], rows[: len(limits)], limits, multi)
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         items = batch.each(postprocess_inputs(batch))
@@ -150,7 +151,10 @@ class Postprocess(_GpuRole):
             lb = torch.cat([lb.to(self.device) for _, lb, *_ in items]).cpu().numpy()  # LETTERBOX: 24 bytes an image
             limits = [x for _, _, lim, _ in items for x in lim]
             multi = [x for *_, ml in items for x in ml]
-            dets = torch_decode.postprocess_batch(raw, lb, limits, multi)
+            if any(multi):  # anchors x classes candidates: the dynamic path
+                dets = torch_decode.postprocess_batch(raw, lb, limits, multi)
+            else:
+                dets = torch_nms.postprocess_batch(raw, lb, limits)
         sizes = [r.shape[0] for r, *_ in items]
         batch.answer([pad_batch(d) for d in split(dets, sizes)], spec.ENSEMBLE_OUTPUTS)
         return sum(sizes)
@@ -172,7 +176,6 @@ class GpuPipelineRole(_GpuRole):
         except (FileNotFoundError, ValueError, RuntimeError) as e:  # no artefact, a wrong one, a failed graph check
             raise pb_utils.TritonModelException(str(e)) from None
         self.io = gpu_tensors.TorchIO(torch.cuda.Stream(self.device))  # options copied beside the network's stream
-        self.refusals = 0  # letterbox shapes whose CUDA graph was refused, logged so far
         self.name = margs.name
         pb_utils.Logger.log_info(f"{margs.name}: {self.pipeline.network_note}")
 
@@ -187,8 +190,6 @@ class GpuPipelineRole(_GpuRole):
             # The GPU letterboxes and runs the network while the host reads and checks the options
             # (a copy and a synchronisation when they sit in GPU memory): they are only needed for NMS.
             run = self.pipeline.start(flat)
-            if len(self.pipeline.letterbox.refused) > self.refusals:
-                self._log_refusals()
             keep, options = batch.then(pieces, lambda r, p: batch.options(r, count(p)))
             # The pipeline answers pieces: the kept requests' pieces, their options cut to match.
             starts = [sum(counts[:k]) for k in range(len(counts))]
@@ -205,12 +206,6 @@ class GpuPipelineRole(_GpuRole):
                 self.pb.Logger.log_warn(f"{self.name}: a CUDA graph replay was not finite; answered with the eager "
                                         f"network ({self.pipeline.eager_fallbacks} times so far)")
         return sum(count(pieces[k]) for k in keep)
-
-    def _log_refusals(self) -> None:
-        refused = list(self.pipeline.letterbox.refused.items())
-        for (n, h, w), why in refused[self.refusals :]:
-            self.pb.Logger.log_warn(f"{self.name}: {n} image(s) of {w}x{h} stay on the eager letterbox: {why}")
-        self.refusals = len(refused)
 
 
 GPU_ROLES: dict[str, type] = {

@@ -5,10 +5,11 @@ staged ensemble's own functions (`torch_letterbox.letterbox_many`, `GraphedNetwo
 `torch_nms.fixed_nms`); what fusing removes is the glue between them: two Triton<->stub hops with
 their copies and synchronisations, two ensemble steps, and the FP32 network input, because images
 are letterboxed straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is
-kernel launches and host synchronisations, so each step replays from a graph: the letterbox of a
-repeated frame size (`LetterboxGraphs`), the network with its cast, best class and finiteness
-check (`GraphedNetwork`), and decode + exact NMS + the map back to the image in fixed-size
-buffers (`torch_nms.GraphedNms`). The host waits once, for the kept boxes.
+kernel launches and host synchronisations, so each step is one launch: the letterbox, one Triton
+kernel per request (`torch_letterbox`), then replays from CUDA graphs of the network with its
+cast, best class and finiteness check (`GraphedNetwork`), and of decode + exact NMS + the map
+back to the image in fixed-size buffers, NMS itself in two Triton kernels (`torch_nms.GraphedNms`).
+The host waits once, for the kept boxes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class GpuPipeline:
             frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=device)
             pixels = torch.empty((2, 3, imgsz, imgsz), dtype=torch.float16, device=device)
             rows = torch_letterbox.letterbox_many([frame, frame], imgsz, pixels)
-            torch.equal(pixels, pixels.clone())  # LetterboxGraphs checks each capture with these
             raw = net(pixels).float()
             noisy = torch.rand_like(raw)  # candidates for every NMS path
             torch_decode.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
@@ -71,7 +71,6 @@ class GpuPipeline:
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
         self.nms: torch_nms.GraphedNms | None = torch_nms.GraphedNms(self.net.static_tail, device)  # None: eager
-        self.letterbox = torch_letterbox.LetterboxGraphs(imgsz, self.net.static_in)
         # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
         # NMS synchronises anyway, and the event says when the copy has landed.
         self._finite = torch.zeros((), dtype=torch.bool, pin_memory=True)
@@ -80,8 +79,7 @@ class GpuPipeline:
         # stream, read once NMS has synchronised, so timing costs no wait (see stage_seconds).
         self._marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
         with torch.inference_mode():  # the whole path once more, graphs included
-            for _ in range(2):  # the second time from a captured letterbox
-                self([frame], [[(0.25, 0.7, 300)]], [[False]])
+            self([frame], [[(0.25, 0.7, 300)]], [[False]])
             if self.max_batch > 1:
                 self([frame, frame], [[(0.0, 0.6, 10)], [(0.5, 0.7, 20)]], [[True], [False]])
         torch.cuda.synchronize(device)
@@ -107,11 +105,7 @@ class GpuPipeline:
         t = time.perf_counter()
         stream = torch.cuda.current_stream(self.device)  # once: each bare record() looked it up, slowly
         self._marks[0].record(stream)
-        if self.letterbox(batches):  # one shape, seen before: from its CUDA graph
-            h, w = batches[0].shape[1:3]
-            rows = torch_letterbox.plan_rows(h, w, self.imgsz, total)
-        else:
-            rows = torch_letterbox.letterbox_many(batches, self.imgsz, self.net.static_in)
+        rows = torch_letterbox.letterbox_many(batches, self.imgsz, self.net.static_in)
         t = self._mark("letterbox", t)
         self._marks[1].record(stream)
         out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time
@@ -176,7 +170,7 @@ class GpuPipeline:
             options[index] = [torch_nms.options_row(lim, row) for lim, row in zip(flat_limits, rows)]
             got, counts, exact = self.nms(options)
             dets = torch_nms.to_detections(got[index], counts[index])
-            if not exact[index].all():  # more candidates than the graph holds, or unsettled: exactly, eagerly
+            if not exact[index].all():  # more candidates than the graph holds: exactly, eagerly
                 on_device = torch.from_numpy(index).to(raw.device)
                 dets = torch_nms.redo_inexact(dets, exact[index], raw[on_device], rows, flat_limits, None,
                                               (best[0][on_device], best[1][on_device]))

@@ -1,0 +1,172 @@
+"""Exact greedy NMS in two Triton kernels, in fixed-size buffers: capturable in a CUDA graph.
+
+Given each image's candidates sorted by score (at most `k` of them), greedy NMS keeps a box when
+no better-ranked kept box overlaps it by IoU > the image's threshold. That is a sequential scan,
+but a cheap one once the overlaps are known, so the work is split as torchvision's CUDA kernel
+splits it, with the scan on the GPU as well:
+
+1. `_overlap_words`: for every candidate i and every later candidate j of its image, whether
+   IoU(i, j) > threshold, packed 32 candidates to a 32-bit word (bit j % 32 of word j // 32 of
+   row i). One program per image and block of 32 rows, looping over the blocks of columns the
+   image has, so an image with few candidates costs little whatever `k` is.
+2. `_greedy_rows`: one program per image scans its candidates 32 at a time. A block's members
+   already suppressed by earlier blocks are one word of the running `removed` mask; the block is
+   resolved member by member on that word (register work), then the rows of its kept members are
+   OR-ed into `removed` in one tile. Kept boxes are mapped back to the original image
+   (`geometry.unletterbox` term by term) and written at their rank, up to MAX_DETECTIONS; the
+   scan stops once that many are kept.
+
+Bits are decided exactly as `nms._iou_above` decides them: the class-offset boxes of Ultralytics
+(`box + class * MAX_WH` in float32), torchvision's IoU formula term by term, IEEE division
+(`div_rn`) and no fused multiply-adds (`enable_fp_fusion=False`), so the GPU rounds each step as
+NumPy does and the kept boxes equal `torch_decode`'s bit for bit (tests/test_torch_nms.py).
+
+On a machine without a CUDA GPU the same kernels run in Triton's interpreter (NumPy), which is
+how CI checks them; `TRITON_INTERPRET=1` must be set before this module is imported for that.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from yolo_triton.pipeline.nms import MAX_WH
+
+WORD = 32  # candidates per mask word
+ROW = 6  # x1, y1, x2, y2, score, class of one kept box
+HEADER = 2  # per image, before its rows: the count of kept rows, then whether the rows are exact
+# Per image, as `GraphedNms` writes them: CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, then the
+# LETTERBOX row (gain_x, gain_y, pad_x, pad_y, orig_h, orig_w).
+OPTIONS = 9
+
+
+@triton.jit
+def _shifted(boxes_ptr, classes_ptr, img, idx, ok, K: tl.constexpr, MAX_WH_: tl.constexpr):
+    """Candidates `idx` of image `img` as Ultralytics' class-offset xyxy boxes, and their areas."""
+    off = tl.load(classes_ptr + img * K + idx, mask=ok, other=0).to(tl.float32) * MAX_WH_
+    base = boxes_ptr + (img * K + idx) * 4
+    x1 = tl.load(base + 0, mask=ok, other=0.0) + off
+    y1 = tl.load(base + 1, mask=ok, other=0.0) + off
+    x2 = tl.load(base + 2, mask=ok, other=1.0) + off  # a unit box past the count: no 0/0 in lanes never read
+    y2 = tl.load(base + 3, mask=ok, other=1.0) + off
+    return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
+
+
+@triton.jit
+def _overlap_words(
+    boxes_ptr, classes_ptr, counts_ptr, options_ptr, mask_ptr,
+    K: tl.constexpr, W: tl.constexpr, OPT: tl.constexpr, MAX_WH_: tl.constexpr,
+):
+    img = tl.program_id(0)
+    block = tl.program_id(1)
+    n = tl.minimum(tl.load(counts_ptr + img), K).to(tl.int32)
+    if block * 32 < n:
+        t = tl.load(options_ptr + img * OPT + 1)
+        lane = tl.arange(0, 32)
+        bit = tl.full([32], 1, tl.int32) << lane
+        r = block * 32 + lane
+        r_ok = r < n
+        x1r, y1r, x2r, y2r, area_r = _shifted(boxes_ptr, classes_ptr, img, r, r_ok, K, MAX_WH_)
+        for cb in range(block, (n + 31) // 32):
+            c = cb * 32 + lane
+            c_ok = c < n
+            x1c, y1c, x2c, y2c, area_c = _shifted(boxes_ptr, classes_ptr, img, c, c_ok, K, MAX_WH_)
+            w = tl.minimum(x2r[:, None], x2c[None, :]) - tl.maximum(x1r[:, None], x1c[None, :])
+            h = tl.minimum(y2r[:, None], y2c[None, :]) - tl.maximum(y1r[:, None], y1c[None, :])
+            inter = tl.maximum(w, 0.0) * tl.maximum(h, 0.0)
+            union = (area_r[:, None] + area_c[None, :]) - inter
+            above = (tl.div_rn(inter, union) > t) & (c[None, :] > r[:, None]) & c_ok[None, :]
+            word = tl.sum(tl.where(above, bit[None, :], 0), 1)  # distinct bits: the sum is their OR
+            tl.store(mask_ptr + (img * K + r) * W + cb, word, mask=r_ok)
+
+
+@triton.jit
+def _greedy_rows(
+    mask_ptr, boxes_ptr, scores_ptr, classes_ptr, counts_ptr, options_ptr, out_ptr,
+    K: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, OPT: tl.constexpr, ROW_: tl.constexpr,
+    HEADER_: tl.constexpr,
+):
+    img = tl.program_id(0)
+    total = tl.load(counts_ptr + img)
+    n = tl.minimum(total, K).to(tl.int32)
+    opt = options_ptr + img * OPT
+    max_det = tl.load(opt + 2).to(tl.int32)
+    gain_x = tl.load(opt + 3)
+    gain_y = tl.load(opt + 4)
+    pad_x = tl.load(opt + 5)
+    pad_y = tl.load(opt + 6)
+    orig_h = tl.load(opt + 7)
+    orig_w = tl.load(opt + 8)
+    out = out_ptr + img * (HEADER_ + K * ROW_)
+    lane = tl.arange(0, 32)
+    words = tl.arange(0, WP)
+    one = tl.full([], 1, tl.int32)
+    removed = tl.zeros([WP], tl.int32)
+    kept = tl.full([], 0, tl.int32)
+    for cb in range(0, (n + 31) // 32):
+        if kept < max_det:
+            # which members earlier blocks removed (one word of `removed`), then the block member by
+            # member; each kept member's row marks what it removes in later blocks
+            gone = tl.sum(tl.where(words == cb, removed, 0), 0)
+            keep_bits = tl.full([], 0, tl.int32)
+            for m in tl.static_range(32):
+                i = cb * 32 + m
+                row = mask_ptr + (img * K + i) * W
+                word = tl.load(row + cb, mask=i < n, other=0)
+                later = tl.load(row + words, mask=(i < n) & (words > cb) & (words < W), other=0)
+                alive = (((gone >> m) & 1) == 0) & (i < n)
+                keep_bits = keep_bits | tl.where(alive, one << m, 0)
+                gone = gone | tl.where(alive, word, 0)
+                removed = removed | tl.where(alive, later, 0)
+            r = cb * 32 + lane
+            keep = ((keep_bits >> lane) & 1) != 0
+            kept_here = keep.to(tl.int32)
+            rank = kept + tl.cumsum(kept_here, 0) - 1
+            write = keep & (rank < max_det)
+            base = boxes_ptr + (img * K + r) * 4
+            x1 = tl.load(base + 0, mask=write, other=0.0)
+            y1 = tl.load(base + 1, mask=write, other=0.0)
+            x2 = tl.load(base + 2, mask=write, other=0.0)
+            y2 = tl.load(base + 3, mask=write, other=0.0)
+            score = tl.load(scores_ptr + img * K + r, mask=write, other=0.0)
+            cls = tl.load(classes_ptr + img * K + r, mask=write, other=0).to(tl.float32)
+            dest = out + HEADER_ + rank * ROW_
+            # geometry.unletterbox: (v - pad) / gain, then clipped to the image
+            tl.store(dest + 0, tl.minimum(tl.maximum(tl.div_rn(x1 - pad_x, gain_x), 0.0), orig_w), mask=write)
+            tl.store(dest + 1, tl.minimum(tl.maximum(tl.div_rn(y1 - pad_y, gain_y), 0.0), orig_h), mask=write)
+            tl.store(dest + 2, tl.minimum(tl.maximum(tl.div_rn(x2 - pad_x, gain_x), 0.0), orig_w), mask=write)
+            tl.store(dest + 3, tl.minimum(tl.maximum(tl.div_rn(y2 - pad_y, gain_y), 0.0), orig_h), mask=write)
+            tl.store(dest + 4, score, mask=write)
+            tl.store(dest + 5, cls, mask=write)
+            kept += tl.sum(kept_here, 0)
+    tl.store(out + 0, tl.minimum(kept, max_det).to(tl.float32))
+    tl.store(out + 1, (total <= K).to(tl.float32))
+
+
+def greedy_table(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor, options: torch.Tensor,
+) -> torch.Tensor:
+    """Greedy NMS of each image's score-sorted candidates, as one packed float32 table.
+
+    `boxes` (b, k, 4) float32 xyxy in network-input pixels, `scores` (b, k) float32 and `classes`
+    (b, k) int64 are the candidates, best first; `counts` (b,) int64 how many each image has (more
+    than k: the image is answered over its first k and flagged inexact); `options` (b, OPTIONS)
+    float32. Returns (b, HEADER + k * ROW): per image its count of kept rows, 1.0 if exact, then
+    its kept boxes in original-image pixels with score and class, best first (rows past the count
+    are left as they were). Fixed shapes, no host synchronisation: capturable in a CUDA graph.
+    """
+    b, k = scores.shape
+    w = triton.cdiv(k, WORD)
+    boxes, scores, classes, counts, options = (
+        t.contiguous() for t in (boxes, scores, classes, counts, options))
+    mask = torch.empty((b, k, w), dtype=torch.int32, device=boxes.device)
+    out = torch.empty((b, HEADER + k * ROW), dtype=torch.float32, device=boxes.device)
+    if b == 0:
+        return out
+    exact = {"enable_fp_fusion": False} if boxes.is_cuda else {}
+    _overlap_words[(b, w)](boxes, classes, counts, options, mask, K=k, W=w, OPT=OPTIONS, MAX_WH_=float(MAX_WH),
+                           num_warps=4, **exact)
+    _greedy_rows[(b,)](mask, boxes, scores, classes, counts, options, out, K=k, W=w, WP=triton.next_power_of_2(w),
+                       OPT=OPTIONS, ROW_=ROW, HEADER_=HEADER, num_warps=1, **exact)
+    return out
