@@ -66,7 +66,7 @@ def fixed(raw: np.ndarray, limits: list[tuple[float, float, int]], k: int = torc
     """`fixed_nms`'s table on the test device, unpacked: (rows, counts, exact)."""
     rows = rows_for(len(raw))
     options = np.array([torch_nms.options_row(lim, row) for lim, row in zip(limits, rows)], np.float32)
-    table = torch_nms.fixed_nms(torch.from_numpy(raw).to(DEVICE), None, torch.from_numpy(options).to(DEVICE), None, k)
+    table = torch_nms.fixed_nms(torch.from_numpy(raw).to(DEVICE), None, torch.from_numpy(options).to(DEVICE), k)
     return torch_nms.unpack(table.cpu().numpy(), (table.shape[1] - torch_nms.HEADER) // torch_nms.ROW)
 
 

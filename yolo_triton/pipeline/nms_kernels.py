@@ -1,15 +1,24 @@
-"""Exact greedy NMS in two Triton kernels, in fixed-size buffers: capturable in a CUDA graph.
+"""Decode and exact greedy NMS in four Triton kernels, in fixed-size buffers: capturable in a CUDA graph.
 
-Given each image's candidates sorted by score (at most `k` of them), greedy NMS keeps a box when
-no better-ranked kept box overlaps it by IoU > the image's threshold. That is a sequential scan,
-but a cheap one once the overlaps are known, so the work is split as torchvision's CUDA kernel
-splits it, with the scan on the GPU as well:
+Candidates are each anchor's best class above the image's CONF_THRESHOLD, in the order
+Ultralytics and torchvision give them (score descending, ties in anchor order: `nonzero` then a
+stable sort), at most `k` of them:
 
-1. `_overlap_words`: for every candidate i and every later candidate j of its image, whether
+1. `_compact`: one program per image lists its candidates' anchors in anchor order and counts them
+   (all of them: an image with more than `k` is flagged, never truncated);
+2. `_rank`: each candidate's place is the number that go before it (a higher score, or the same
+   score and a lower anchor), so they are written sorted without a sort: box decoded to xyxy as
+   `torch_decode.xywh2xyxy` decodes it, score, class.
+
+Greedy NMS then keeps a box when no better-ranked kept box overlaps it by IoU > the image's
+threshold. That is a sequential scan, but a cheap one once the overlaps are known, so the work is
+split as torchvision's CUDA kernel splits it, with the scan on the GPU as well:
+
+3. `_overlap_words`: for every candidate i and every later candidate j of its image, whether
    IoU(i, j) > threshold, packed 32 candidates to a 32-bit word (bit j % 32 of word j // 32 of
    row i). One program per image and block of 32 rows, looping over the blocks of columns the
    image has, so an image with few candidates costs little whatever `k` is.
-2. `_greedy_rows`: one program per image scans its candidates 32 at a time. A block's members
+4. `_greedy_rows`: one program per image scans its candidates 32 at a time. A block's members
    already suppressed by earlier blocks are one word of the running `removed` mask; the block is
    resolved member by member on that word (register work), then the rows of its kept members are
    OR-ed into `removed` in one tile. Kept boxes are mapped back to the original image
@@ -20,6 +29,7 @@ Bits are decided exactly as `nms._iou_above` decides them: the class-offset boxe
 (`box + class * MAX_WH` in float32), torchvision's IoU formula term by term, IEEE division
 (`div_rn`) and no fused multiply-adds (`enable_fp_fusion=False`), so the GPU rounds each step as
 NumPy does and the kept boxes equal `torch_decode`'s bit for bit (tests/test_torch_nms.py).
+Nothing waits for the host between the network and the table of kept rows.
 
 On a machine without a CUDA GPU the same kernels run in Triton's interpreter (NumPy), which is
 how CI checks them; `TRITON_INTERPRET=1` must be set before this module is imported for that.
@@ -39,6 +49,56 @@ HEADER = 2  # per image, before its rows: the count of kept rows, then whether t
 # Per image, as `GraphedNms` writes them: CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, then the
 # LETTERBOX row (gain_x, gain_y, pad_x, pad_y, orig_h, orig_w).
 OPTIONS = 9
+
+
+@triton.jit
+def _compact(scores_ptr, options_ptr, index_ptr, counts_ptr, A: tl.constexpr, K: tl.constexpr, OPT: tl.constexpr,
+             CHUNK: tl.constexpr):
+    img = tl.program_id(0)
+    conf = tl.load(options_ptr + img * OPT)
+    count = tl.full([], 0, tl.int32)
+    for start in range(0, A, CHUNK):
+        a = start + tl.arange(0, CHUNK)
+        hit = (tl.load(scores_ptr + img * A + a, mask=a < A, other=0.0) > conf) & (a < A)  # strict '>'
+        here = hit.to(tl.int32)
+        slot = count + tl.cumsum(here, 0) - 1
+        tl.store(index_ptr + img * K + slot, a, mask=hit & (slot < K))
+        count += tl.sum(here, 0)
+    tl.store(counts_ptr + img, count)
+
+
+@triton.jit
+def _rank(raw_ptr, scores_ptr, classes_ptr, index_ptr, counts_ptr, boxes_ptr, cand_scores_ptr, cand_classes_ptr,
+          A: tl.constexpr, K: tl.constexpr, RAW_IMAGE: tl.constexpr):
+    img = tl.program_id(0)
+    block = tl.program_id(1)
+    n = tl.minimum(tl.load(counts_ptr + img), K)
+    if block * 32 < n:
+        i = block * 32 + tl.arange(0, 32)
+        i_ok = i < n
+        anchor = tl.load(index_ptr + img * K + i, mask=i_ok, other=0)
+        s_i = tl.load(scores_ptr + img * A + anchor, mask=i_ok, other=0.0)
+        before = tl.zeros([32], tl.int32)
+        for jb in range(0, (n + 31) // 32):
+            j = jb * 32 + tl.arange(0, 32)
+            j_ok = j < n
+            s_j = tl.load(scores_ptr + img * A + tl.load(index_ptr + img * K + j, mask=j_ok, other=0),
+                          mask=j_ok, other=0.0)
+            ahead = (s_j[None, :] > s_i[:, None]) | ((s_j[None, :] == s_i[:, None]) & (j[None, :] < i[:, None]))
+            before += tl.sum((ahead & j_ok[None, :]).to(tl.int32), 1)
+        raw = raw_ptr + img * RAW_IMAGE + anchor
+        x = tl.load(raw, mask=i_ok, other=0.0)
+        y = tl.load(raw + A, mask=i_ok, other=0.0)
+        half_w = tl.load(raw + 2 * A, mask=i_ok, other=0.0) * 0.5  # / 2, exactly
+        half_h = tl.load(raw + 3 * A, mask=i_ok, other=0.0) * 0.5
+        box = boxes_ptr + (img * K + before) * 4
+        tl.store(box + 0, x - half_w, mask=i_ok)  # torch_decode.xywh2xyxy
+        tl.store(box + 1, y - half_h, mask=i_ok)
+        tl.store(box + 2, x + half_w, mask=i_ok)
+        tl.store(box + 3, y + half_h, mask=i_ok)
+        tl.store(cand_scores_ptr + img * K + before, s_i, mask=i_ok)
+        cls = tl.load(classes_ptr + img * A + anchor, mask=i_ok, other=0)
+        tl.store(cand_classes_ptr + img * K + before, cls.to(tl.int32), mask=i_ok)
 
 
 @triton.jit
@@ -144,29 +204,38 @@ def _greedy_rows(
     tl.store(out + 1, (total <= K).to(tl.float32))
 
 
-def greedy_table(
-    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor, options: torch.Tensor,
+def nms_table(
+    raw: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, options: torch.Tensor, k: int,
 ) -> torch.Tensor:
-    """Greedy NMS of each image's score-sorted candidates, as one packed float32 table.
+    """Decode + greedy NMS + map back of a (b, 4 + nc, anchors) float32 batch, as one packed table.
 
-    `boxes` (b, k, 4) float32 xyxy in network-input pixels, `scores` (b, k) float32 and `classes`
-    (b, k) int64 are the candidates, best first; `counts` (b,) int64 how many each image has (more
-    than k: the image is answered over its first k and flagged inexact); `options` (b, OPTIONS)
-    float32. Returns (b, HEADER + k * ROW): per image its count of kept rows, 1.0 if exact, then
-    its kept boxes in original-image pixels with score and class, best first (rows past the count
-    are left as they were). Fixed shapes, no host synchronisation: capturable in a CUDA graph.
+    `scores` and `classes` (b, anchors) are each anchor's best class score and class
+    (`torch_decode.best_class`); `options` (b, OPTIONS) float32 each image's CONF_THRESHOLD,
+    IOU_THRESHOLD, MAX_DETECTIONS and LETTERBOX row. Returns (b, HEADER + k * ROW): per image its
+    count of kept rows, 1.0 if exact (at most k candidates), then its kept boxes in original-image
+    pixels with score and class, best first (rows past the count are left as they were). Fixed
+    shapes, no host synchronisation: capturable in a CUDA graph.
     """
-    b, k = scores.shape
+    b, rows, anchors = raw.shape
+    k = min(k, anchors)
     w = triton.cdiv(k, WORD)
-    boxes, scores, classes, counts, options = (
-        t.contiguous() for t in (boxes, scores, classes, counts, options))
-    mask = torch.empty((b, k, w), dtype=torch.int32, device=boxes.device)
-    out = torch.empty((b, HEADER + k * ROW), dtype=torch.float32, device=boxes.device)
+    device = raw.device
+    raw, scores, classes, options = (t.contiguous() for t in (raw, scores, classes, options))
+    index = torch.empty((b, k), dtype=torch.int32, device=device)
+    counts = torch.empty((b,), dtype=torch.int32, device=device)
+    boxes = torch.empty((b, k, 4), dtype=torch.float32, device=device)
+    cand_scores = torch.empty((b, k), dtype=torch.float32, device=device)
+    cand_classes = torch.empty((b, k), dtype=torch.int32, device=device)
+    mask = torch.empty((b, k, w), dtype=torch.int32, device=device)
+    out = torch.empty((b, HEADER + k * ROW), dtype=torch.float32, device=device)
     if b == 0:
         return out
-    exact = {"enable_fp_fusion": False} if boxes.is_cuda else {}
-    _overlap_words[(b, w)](boxes, classes, counts, options, mask, K=k, W=w, OPT=OPTIONS, MAX_WH_=float(MAX_WH),
+    exact = {"enable_fp_fusion": False} if raw.is_cuda else {}
+    _compact[(b,)](scores, options, index, counts, A=anchors, K=k, OPT=OPTIONS, CHUNK=1024, num_warps=4)
+    _rank[(b, w)](raw, scores, classes, index, counts, boxes, cand_scores, cand_classes, A=anchors, K=k,
+                  RAW_IMAGE=rows * anchors, num_warps=4, **exact)
+    _overlap_words[(b, w)](boxes, cand_classes, counts, options, mask, K=k, W=w, OPT=OPTIONS, MAX_WH_=float(MAX_WH),
                            num_warps=4, **exact)
-    _greedy_rows[(b,)](mask, boxes, scores, classes, counts, options, out, K=k, W=w, WP=triton.next_power_of_2(w),
-                       OPT=OPTIONS, ROW_=ROW, HEADER_=HEADER, num_warps=1, **exact)
+    _greedy_rows[(b,)](mask, boxes, cand_scores, cand_classes, counts, options, out, K=k, W=w,
+                       WP=triton.next_power_of_2(w), OPT=OPTIONS, ROW_=ROW, HEADER_=HEADER, num_warps=1, **exact)
     return out

@@ -3,20 +3,16 @@
 `torch_decode.decode_batch` is exact but dynamic: `nonzero` sizes the candidates, torchvision's
 NMS kernel sorts and scans them, and each of those waits for the GPU (three host
 synchronisations an execute, 1 ms of a crowded scene's 1.5 ms on an H200). Here every shape is
-fixed by the batch size and `k`, the candidates an image may have:
-
-1. candidates (PyTorch): each anchor's best class above the image's CONF_THRESHOLD (or every
-   (anchor, class) pair for MULTI_LABEL), ordered by score with a stable sort, so ties keep anchor
-   order exactly as `nonzero` + torchvision's stable sort do; the first `k` are kept, decoded to
-   xyxy boxes as `torch_decode` decodes them;
-2. greedy NMS over them, the map back to the original image and the rows of the answer, in two
-   Triton kernels (`nms_kernels`): IoU bits decided exactly as `nms._iou_above` decides them, a
-   greedy scan on the GPU, and one packed table per image (count, exact flag, rows).
+fixed by the batch size and `k`, the candidates an image may have, and the work is four Triton
+kernels (`nms_kernels`): the candidates above each image's CONF_THRESHOLD in Ultralytics' order,
+IoU bits decided exactly as `nms._iou_above` decides them, a greedy scan on the GPU, and one
+packed table per image (count, exact flag, kept rows in original-image pixels).
 
 An image with more than `k` candidates is flagged (not exact): the caller answers it from
 `torch_decode` instead, so nothing is ever truncated or approximated. Measured on the shipped
 samples at 640 with the crowded checkpoint: 179 candidates on bus.jpg, 2329 on a small image
-upscaled.
+upscaled. MULTI_LABEL (every (anchor, class) pair above the threshold: anchors x classes
+candidates) always goes to `torch_decode`.
 """
 
 from __future__ import annotations
@@ -33,51 +29,18 @@ from yolo_triton.pipeline.nms_kernels import HEADER, OPTIONS, ROW  # noqa: F401 
 CANDIDATES = 1024  # k: candidates per image on the fixed path (more: answered by torch_decode)
 
 
-def candidates(
-    raw: torch.Tensor, best: tuple[torch.Tensor, torch.Tensor] | None, conf: torch.Tensor,
-    multi_label: torch.Tensor | None = None, k: int = CANDIDATES,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each image's first `k` candidates by score: (boxes (b, k, 4) xyxy, scores (b, k), classes
-    (b, k) int64, counts (b,) int64 of all its candidates), in fixed shapes.
-
-    `conf` (b,) float32 is each image's threshold; `best` is `torch_decode.best_class(raw)` when
-    the caller has it; `multi_label` (b,) bool, when given, lets those images keep every (anchor,
-    class) pair above the threshold (the candidate set is then anchors x classes wide). Rows past
-    an image's count hold whatever sorted there; the kernels never read them.
-    """
-    b, rows, anchors = raw.shape
-    nc = rows - 4
-    scores, classes = best if best is not None else torch_decode.best_class(raw)
-    if multi_label is None:
-        flat = scores
-    else:  # anchor-major pairs, like torch_decode._multi_label_candidates; single-label images: best class only
-        s3 = raw[:, 4:, :].transpose(1, 2)
-        is_best = torch.zeros_like(s3, dtype=torch.bool).scatter_(2, classes[:, :, None], True)
-        flat = s3.masked_fill(~(is_best | multi_label[:, None, None]), float("-inf")).reshape(b, anchors * nc)
-    k = min(k, flat.shape[1])
-    mask = flat > conf[:, None]  # strict '>', as Ultralytics
-    ranked = torch.sort(flat.masked_fill(~mask, float("-inf")), dim=1, descending=True, stable=True)
-    top_scores, top = ranked.values[:, :k], ranked.indices[:, :k]
-    if multi_label is None:
-        anchor, cls = top, classes.gather(1, top)
-    else:
-        anchor, cls = torch.div(top, nc, rounding_mode="floor"), top.remainder(nc)
-    xywh = raw[:, :4, :].gather(2, anchor[:, None, :].expand(b, 4, k)).transpose(1, 2).reshape(b * k, 4)
-    return torch_decode.xywh2xyxy(xywh).view(b, k, 4), top_scores, cls, mask.sum(1)
-
-
 def fixed_nms(
-    raw: torch.Tensor, best: tuple[torch.Tensor, torch.Tensor] | None, options: torch.Tensor,
-    multi_label: torch.Tensor | None = None, k: int = CANDIDATES,
+    raw: torch.Tensor, best: tuple[torch.Tensor, torch.Tensor] | None, options: torch.Tensor, k: int = CANDIDATES,
 ) -> torch.Tensor:
     """Decode + NMS + map back for a (b, 4 + nc, anchors) float32 batch, shapes fixed by (b, k).
 
-    `options` (b, OPTIONS) float32 on raw's device holds each image's CONF_THRESHOLD,
-    IOU_THRESHOLD, MAX_DETECTIONS and LETTERBOX row (`options_row`). Returns the packed table of
-    `nms_kernels.greedy_table`: per image its count, exact flag and kept rows in original pixels.
+    `best` is `torch_decode.best_class(raw)` when the caller has it; `options` (b, OPTIONS) float32
+    on raw's device holds each image's CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS and LETTERBOX
+    row (`options_row`). Returns the packed table of `nms_kernels.nms_table`: per image its
+    count, exact flag and kept rows in original pixels.
     """
-    boxes, scores, classes, counts = candidates(raw, best, options[:, 0], multi_label, k)
-    return nms_kernels.greedy_table(boxes, scores, classes, counts, options)
+    scores, classes = best if best is not None else torch_decode.best_class(raw)
+    return nms_kernels.nms_table(raw, scores, classes, options, k)
 
 
 def options_row(limits: tuple[float, float, int], letterbox_row: np.ndarray) -> list[float]:
@@ -105,15 +68,16 @@ def postprocess_batch(
     k: int = CANDIDATES,
 ) -> list[Detections]:
     """`torch_decode.postprocess_batch` through `fixed_nms`: one copy to the host (the kept rows),
-    and the images it flags answered by `torch_decode` (the same boxes, dynamically)."""
-    device = raw.device
+    and the images it flags answered by `torch_decode` (the same boxes, dynamically); a batch with
+    MULTI_LABEL images goes to `torch_decode` whole."""
+    if multi_label is not None and any(multi_label):
+        return torch_decode.postprocess_batch(raw, letterbox_rows, list(limits), multi_label, best)
     options = np.array([options_row(lim, row) for lim, row in zip(limits, letterbox_rows)], np.float32)
-    multi = None if not multi_label or not any(multi_label) else torch.tensor(list(multi_label), device=device)
-    table = fixed_nms(raw, best, torch.from_numpy(options).to(device), multi, k)
+    table = fixed_nms(raw, best, torch.from_numpy(options).to(raw.device), k)
     width = int(min((table.shape[1] - HEADER) // ROW, max(int(options[:, 2].max(initial=0)), 1)))
     rows, counts, exact = unpack(table[:, : HEADER + width * ROW].cpu().numpy(), width)
     out = to_detections(rows, counts)
-    return redo_inexact(out, exact, raw, letterbox_rows, limits, multi_label, best)
+    return redo_inexact(out, exact, raw, letterbox_rows, limits, None, best)
 
 
 def redo_inexact(
@@ -159,7 +123,7 @@ class GraphedNms:
 
         def run(b: int) -> torch.Tensor:
             tail = tails[b]
-            return fixed_nms(tail.raw, (tail.scores, tail.classes), self.options[:b], None, self.k)
+            return fixed_nms(tail.raw, (tail.scores, tail.classes), self.options[:b], self.k)
 
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(device)
