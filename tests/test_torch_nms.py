@@ -217,3 +217,13 @@ def test_the_table_puts_each_images_count_and_flag_before_its_rows():
     again = torch_nms.unpack(narrow, 5)
     np.testing.assert_array_equal(again[0], rows[:, :5])
     np.testing.assert_array_equal(again[1], counts)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal where no CUDA graph can be captured (this machine has a GPU)")
+def test_where_the_graphs_cannot_be_made_the_pipeline_is_told_why_and_uses_the_dynamic_nms():
+    from yolo_triton.pipeline import torch_network
+
+    tails = {1: torch_network.network_tail(torch.from_numpy(raw_batch(2, 1, nc=3, anchors=64)))}
+    graphed, note = torch_nms.graphed_or_none(tails, torch.device("cpu"))
+    assert graphed is None
+    assert note.startswith("NMS: dynamic (torch_decode): the NMS kernels failed (")

@@ -135,12 +135,18 @@ class Postprocess(_GpuRole):
 
     def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
         super().__init__(margs, pb_utils)
+        self.fixed = True  # the NMS kernels; False: they failed at load, torch_decode answers everything
         with torch.inference_mode():  # compile the kernels and load torchvision's NMS now, not in a request
             raw = torch.rand((2, 6, 64), device=self.device)
             rows = np.array([[1.0, 1.0, 0.0, 0.0, 64.0, 64.0]] * 2, np.float32)
             for limits, multi in (([(0.0, 0.1, 10), (0.5, 0.6, 20)], [True, False]), ([(0.0, 0.5, 10)], None)):
-                torch_nms.postprocess_batch(raw[: len(limits)], rows[: len(limits)], limits, multi)
                 torch_decode.postprocess_batch(raw[: len(limits)], rows[: len(limits)], limits, multi)
+                try:
+                    torch_nms.postprocess_batch(raw[: len(limits)], rows[: len(limits)], limits, multi)
+                except Exception as e:  # noqa: BLE001 - the dynamic NMS is exact too, only slower
+                    self.fixed = False
+                    pb_utils.Logger.log_warn(f"{margs.name}: NMS: dynamic (torch_decode): the NMS kernels failed "
+                                             f"({type(e).__name__}: {str(e)[:200]})")
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         items = batch.each(postprocess_inputs(batch))
@@ -151,7 +157,7 @@ class Postprocess(_GpuRole):
             lb = torch.cat([lb.to(self.device) for _, lb, *_ in items]).cpu().numpy()  # LETTERBOX: 24 bytes an image
             limits = [x for _, _, lim, _ in items for x in lim]
             multi = [x for *_, ml in items for x in ml]
-            if any(multi):  # anchors x classes candidates: the dynamic path
+            if any(multi) or not self.fixed:  # MULTI_LABEL: anchors x classes candidates, the dynamic path
                 dets = torch_decode.postprocess_batch(raw, lb, limits, multi)
             else:
                 dets = torch_nms.postprocess_batch(raw, lb, limits)
@@ -177,7 +183,7 @@ class GpuPipelineRole(_GpuRole):
             raise pb_utils.TritonModelException(str(e)) from None
         self.io = gpu_tensors.TorchIO(torch.cuda.Stream(self.device))  # options copied beside the network's stream
         self.name = margs.name
-        pb_utils.Logger.log_info(f"{margs.name}: {self.pipeline.network_note}")
+        pb_utils.Logger.log_info(f"{margs.name}: {self.pipeline.network_note}; {self.pipeline.nms_note}")
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         with torch.inference_mode():

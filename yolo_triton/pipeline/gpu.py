@@ -70,7 +70,7 @@ class GpuPipeline:
         self.net = torch_network.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
-        self.nms: torch_nms.GraphedNms | None = torch_nms.GraphedNms(self.net.static_tail, device)  # None: eager
+        self.nms, self.nms_note = torch_nms.graphed_or_none(self.net.static_tail, device)  # None: torch_decode
         # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
         # NMS synchronises anyway, and the event says when the copy has landed.
         self._finite = torch.zeros((), dtype=torch.bool, pin_memory=True)

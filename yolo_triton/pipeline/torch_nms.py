@@ -43,6 +43,16 @@ def fixed_nms(
     return nms_kernels.nms_table(raw, scores, classes, options, k)
 
 
+def graphed_or_none(tails: dict, device: torch.device) -> tuple[GraphedNms | None, str]:
+    """`GraphedNms` for these network graphs, and a line saying so; (None, why) when its kernels
+    fail to compile or capture (no Triton, a driver it does not support): the caller then answers
+    with `torch_decode`, which is exact too, only slower, and keeps serving."""
+    try:
+        return GraphedNms(tails, device), "NMS: Triton kernels replayed from CUDA graphs"
+    except Exception as e:  # noqa: BLE001 - any failure leaves the dynamic NMS, which is correct
+        return None, f"NMS: dynamic (torch_decode): the NMS kernels failed ({type(e).__name__}: {str(e)[:200]})"
+
+
 def options_row(limits: tuple[float, float, int], letterbox_row: np.ndarray) -> list[float]:
     """One image's row of the options (max_det is exact in float32 up to 2^24)."""
     return [*limits, *letterbox_row]
