@@ -61,7 +61,7 @@ class _GpuRole:
 
 
 class Preprocess(_GpuRole):
-    """Staged step 1 on the GPU: letterbox in torch, one pass for consecutive requests of one size."""
+    """Staged step 1 on the GPU: the letterbox kernel, one launch per request, into FP32 `images`."""
 
     stages = ("preprocess",)
 

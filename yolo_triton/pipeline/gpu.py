@@ -8,7 +8,7 @@ are letterboxed straight into the CUDA graph's FP16 input buffer. At concurrency
 kernel launches and host synchronisations, so each step is one launch: the letterbox, one Triton
 kernel per request (`torch_letterbox`), then replays from CUDA graphs of the network with its
 cast, best class and finiteness check (`GraphedNetwork`), and of decode + exact NMS + the map
-back to the image in fixed-size buffers, NMS itself in two Triton kernels (`torch_nms.GraphedNms`).
+back to the image in fixed-size buffers, NMS itself in Triton kernels (`torch_nms.GraphedNms`).
 The host waits once, for the kept boxes.
 """
 

@@ -1,9 +1,9 @@
 """The letterbox in one Triton kernel: BGR uint8 NHWC images in, RGB [0, 1] NCHW network input out.
 
 Written with PyTorch ops, the letterbox makes a float32 copy of the images, resizes it, rounds,
-flips and casts it into the canvas, and divides the canvas: eight kernels and about 1.6 GB of
-memory traffic for 33 frames of 1080x810 at 640 (a saturated batch on an H200), against 0.17 GB
-for reading the frames once and writing the canvas once, which is what this kernel does.
+flips and casts it into the canvas, and divides the canvas: eight kernels and, by count, about
+1.6 GB of memory traffic for 33 frames of 1080x810 at 640 (a saturated batch), against 0.17 GB for
+reading the frames once and writing the canvas once, which is what this kernel does.
 
 Each output pixel is computed as `torch.nn.functional.interpolate(..., mode="bilinear",
 align_corners=False)` computes it (source index `scale * (dst + 0.5) - 0.5` clamped at 0, its
