@@ -227,3 +227,16 @@ def test_where_the_graphs_cannot_be_made_the_pipeline_is_told_why_and_uses_the_d
     graphed, note = torch_nms.graphed_or_none(tails, torch.device("cpu"))
     assert graphed is None
     assert note.startswith("NMS: dynamic (torch_decode): the NMS kernels failed (")
+
+
+def test_the_load_time_check_passes_the_kernels_and_refuses_a_wrong_answer():
+    """What the GPU models run at load before they let the kernels answer: `nms.decode`'s boxes
+    bit for bit on a crowded synthetic batch, or a RuntimeError naming the image."""
+    torch_nms.check_against_numpy(torch_nms.postprocess_batch, (2, 84, 8400), DEVICE)
+
+    def one_box_short(raw, rows, limits):
+        got = torch_nms.postprocess_batch(raw, rows, limits)
+        return [Detections(d.boxes[:-1], d.scores[:-1], d.classes[:-1]) for d in got]
+
+    with pytest.raises(RuntimeError, match="disagree with nms.decode on image 0"):
+        torch_nms.check_against_numpy(one_box_short, (2, 84, 8400), DEVICE)

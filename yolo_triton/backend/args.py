@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from yolo_triton.repository.facts import ModelFacts
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -57,6 +59,11 @@ class ModelArgs:
     @property
     def imgsz(self) -> int:
         return int(self.params["imgsz"])
+
+    @property
+    def facts(self) -> ModelFacts:
+        """The checkpoint's facts as the config carries them (input size, class names)."""
+        return ModelFacts(self.imgsz, tuple(json.loads(self.params.get("names", "[]"))), "")
 
     @property
     def max_batch(self) -> int:

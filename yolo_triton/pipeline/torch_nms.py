@@ -17,7 +17,7 @@ candidates) always goes to `torch_decode`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from yolo_triton.pipeline.nms import Detections
 from yolo_triton.pipeline.nms_kernels import HEADER, OPTIONS, ROW  # noqa: F401 - the table's layout, re-exported
 
 CANDIDATES = 1024  # k: candidates per image on the fixed path (more: answered by torch_decode)
+Limits = tuple[float, float, int]  # CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS of one image
 
 
 def fixed_nms(
@@ -44,13 +45,47 @@ def fixed_nms(
 
 
 def graphed_or_none(tails: dict, device: torch.device) -> tuple[GraphedNms | None, str]:
-    """`GraphedNms` for these network graphs, and a line saying so; (None, why) when its kernels
-    fail to compile or capture (no Triton, a driver it does not support): the caller then answers
-    with `torch_decode`, which is exact too, only slower, and keeps serving."""
+    """`GraphedNms` for these network graphs, checked (`GraphedNms.check`), and a line saying so;
+    (None, why) when its kernels fail to compile or capture (no Triton, a driver it does not
+    support) or disagree with `nms.decode`: the caller then answers with `torch_decode`, which is
+    exact too, only slower, and keeps serving."""
     try:
-        return GraphedNms(tails, device), "NMS: Triton kernels replayed from CUDA graphs"
+        graphed = GraphedNms(tails, device)
+        graphed.check(tails)
+        return graphed, "NMS: Triton kernels replayed from CUDA graphs, checked against nms.decode"
     except Exception as e:  # noqa: BLE001 - any failure leaves the dynamic NMS, which is correct
         return None, f"NMS: dynamic (torch_decode): the NMS kernels failed ({type(e).__name__}: {str(e)[:200]})"
+
+
+def check_against_numpy(answer: Callable[[torch.Tensor, np.ndarray, list[Limits]], list[Detections]],
+                        raw_shape: tuple[int, int, int], device: torch.device) -> None:
+    """Raise RuntimeError unless `answer(raw, letterbox_rows, limits)` gives `nms.decode`'s boxes (the
+    NumPy definition, mapped back by `geometry.unletterbox`) bit for bit on a crowded synthetic
+    output: a few hundred candidates an image, tied scores, per-image thresholds, MAX_DETECTIONS
+    cutting. What a model runs at load, so that kernels miscompiled for its GPU never answer."""
+    from yolo_triton.pipeline.geometry import plan
+    from yolo_triton.pipeline.postprocess import postprocess_one
+
+    b, rows, anchors = raw_shape
+    gen = np.random.default_rng(0)
+    raw = np.zeros((b, rows, anchors), np.float32)
+    centres = gen.uniform(0, 640, (b, 40, 2)).astype(np.float32)
+    pick = gen.integers(0, 40, (b, anchors))
+    for i in range(b):
+        raw[i, :2] = centres[i, pick[i]].T + gen.normal(0, 8, (2, anchors)).astype(np.float32)
+        raw[i, 2:4] = gen.uniform(10, 160, (2, anchors))
+        raw[i, 4:] = 0.2 * gen.random((rows - 4, anchors), np.float32) ** 4
+        hot = np.flatnonzero(gen.random(anchors) < min(1.0, 250 / anchors))
+        raw[i, 4 + gen.integers(0, rows - 4, hot.size), hot] = np.round(gen.uniform(0.2, 1, hot.size) * 16) / 16
+    letterbox_rows = np.stack([plan(1080, 810, 640).as_array()] * b)
+    limits = [(0.25, 0.7, 300), (0.3, 0.5, 20)][:b] + [(0.25, 0.7, 300)] * max(0, b - 2)
+    got = answer(torch.from_numpy(raw).to(device), letterbox_rows, limits)
+    for i, (g, lim) in enumerate(zip(got, limits)):
+        want = postprocess_one(raw[i], letterbox_rows[i], *lim)
+        same = all(np.array_equal(x, y) for x, y in zip(g, want))
+        if not same or len(want.scores) == 0:
+            raise RuntimeError(f"the NMS kernels disagree with nms.decode on image {i} of a check batch "
+                               f"({len(g.scores)} boxes against {len(want.scores)})")
 
 
 def options_row(limits: tuple[float, float, int], letterbox_row: np.ndarray) -> list[float]:
@@ -149,6 +184,24 @@ class GraphedNms:
         self.table_host = torch.zeros(top * (HEADER + self.k * ROW), dtype=torch.float32, pin_memory=True)
         self.done = torch.cuda.Event()
         torch.cuda.synchronize(device)
+
+    def check(self, tails: dict) -> None:
+        """`check_against_numpy` through a replay of the smallest bucket of two images or more,
+        its network buffers filled with the check's output (the next network replay overwrites them)."""
+        b = next((x for x in self.buckets if x >= 2), self.buckets[-1])
+        tail = tails[b]
+
+        def answer(raw: torch.Tensor, rows: np.ndarray, limits: list[Limits]) -> list[Detections]:
+            scores, classes = torch_decode.best_class(raw)
+            for buffer, value in ((tail.raw, raw), (tail.scores, scores), (tail.classes, classes)):
+                buffer[: len(raw)].copy_(value)
+            got, counts, exact = self(np.array([options_row(lim, row) for lim, row in zip(limits, rows)], np.float32))
+            if not exact.all():
+                raise RuntimeError("the check batch has more candidates than the graphs hold")
+            return to_detections(got, counts)
+
+        with torch.inference_mode():
+            check_against_numpy(answer, (min(b, 2), *tail.raw.shape[1:]), self.device)
 
     def __call__(self, options: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, counts, exact) for the first len(options) images of the last network replay.
