@@ -75,7 +75,7 @@ def test_letterbox_many_writes_each_request_in_order(dtype):
     sizes = [(2, 300, 500), (1, 300, 500), (1, 100, 50), (2, 300, 500), (1, 1, 1)]
     batches = [torch.from_numpy(np.stack([_image(rng, h, w) for _ in range(n)])).to(DEVICE) for n, h, w in sizes]
     out = torch.full((10, 3, 320, 320), -1.0, dtype=dtype, device=DEVICE)
-    rows = torch_letterbox.letterbox_many(batches, 320, out)
+    rows = torch_letterbox.letterbox_many(batches, out)
     start = 0
     for b, (n, h, w) in zip(batches, sizes):
         want = torch_letterbox.letterbox_batch(b, 320).to(dtype)

@@ -83,7 +83,7 @@ class Preprocess(_GpuRole):
                 flat, _ = flatten(pieces)
                 pixels = torch.empty((sum(sizes), 3, self.size, self.size), dtype=torch.float32, device=self.device)
                 # LETTERBOX leaves by DLPack too, on the GPU like `images`, in one small upload.
-                rows = torch.from_numpy(torch_letterbox.letterbox_many(flat, self.size, pixels)).to(self.device)
+                rows = torch.from_numpy(torch_letterbox.letterbox_many(flat, pixels)).to(self.device)
             results = list(zip(split(pixels, sizes), split(rows, sizes)))
             self.synchronized(batch, results, spec.PREPROCESS.outputs, self.device)
         return sum(sizes)

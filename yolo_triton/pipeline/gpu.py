@@ -24,8 +24,8 @@ import torch
 
 from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network, torch_nms
 from yolo_triton.pipeline.postprocess import pad_batch
+from yolo_triton.pipeline.protocol import Limits
 
-Limits = list[tuple[float, float, int]]
 STAGES = ("letterbox", "network", "nms")
 
 
@@ -58,7 +58,7 @@ class GpuPipeline:
             # lazy set-up coincided with replays returning NaN (H200, torch 2.11).
             frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=device)
             pixels = torch.empty((2, 3, imgsz, imgsz), dtype=torch.float16, device=device)
-            rows = torch_letterbox.letterbox_many([frame, frame], imgsz, pixels)
+            rows = torch_letterbox.letterbox_many([frame, frame], pixels)
             raw = net(pixels).float()
             noisy = torch.rand_like(raw)  # candidates for every NMS path
             torch_decode.postprocess_batch(noisy[:1], rows[:1], [(0.25, 0.7, 300)], [False])
@@ -105,7 +105,7 @@ class GpuPipeline:
         t = time.perf_counter()
         stream = torch.cuda.current_stream(self.device)  # once: each bare record() looked it up, slowly
         self._marks[0].record(stream)
-        rows = torch_letterbox.letterbox_many(batches, self.imgsz, self.net.static_in)
+        rows = torch_letterbox.letterbox_many(batches, self.net.static_in)
         t = self._mark("letterbox", t)
         self._marks[1].record(stream)
         out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time

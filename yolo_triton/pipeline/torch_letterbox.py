@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from yolo_triton.pipeline import geometry, letterbox_kernels
+from yolo_triton.pipeline import letterbox_kernels
 
 
 def letterbox_batch(images: torch.Tensor, size: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,19 +29,14 @@ def letterbox_batch(images: torch.Tensor, size: int, out: torch.Tensor | None = 
     return canvas
 
 
-def letterbox_many(batches: Sequence[torch.Tensor], size: int, out: torch.Tensor) -> np.ndarray:
+def letterbox_many(batches: Sequence[torch.Tensor], out: torch.Tensor) -> np.ndarray:
     """Letterbox a list of NHWC batches (one per request, any sizes) into `out[:total]`, in order;
-    `out` may be any float dtype, e.g. a CUDA graph's FP16 input. Returns the LETTERBOX rows,
-    (total, 6) float32, from `geometry.plan`."""
+    `out` (n, 3, S, S) may be any float dtype, e.g. a CUDA graph's FP16 input. Returns the
+    LETTERBOX rows, (total, 6) float32, from `geometry.plan`."""
     rows, start = [], 0
     for images in batches:
-        n, h, w = images.shape[:3]
-        letterbox_kernels.letterbox_into(images, out[start : start + n])
-        rows.append(plan_rows(h, w, size, n))
+        n = images.shape[0]
+        lb = letterbox_kernels.letterbox_into(images, out[start : start + n])
+        rows.append(np.repeat(lb.as_array()[None], n, axis=0))
         start += n
     return np.concatenate(rows) if rows else np.zeros((0, 6), np.float32)
-
-
-def plan_rows(h: int, w: int, size: int, n: int) -> np.ndarray:
-    """The LETTERBOX rows of `n` images of one size, (n, 6) float32, from `geometry.plan`."""
-    return np.repeat(geometry.plan(h, w, size).as_array()[None], n, axis=0)

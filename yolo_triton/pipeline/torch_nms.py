@@ -25,9 +25,9 @@ import torch
 from yolo_triton.pipeline import nms_kernels, torch_decode
 from yolo_triton.pipeline.nms import Detections
 from yolo_triton.pipeline.nms_kernels import HEADER, OPTIONS, ROW  # noqa: F401 - the table's layout, re-exported
+from yolo_triton.pipeline.protocol import Limits
 
 CANDIDATES = 1024  # k: candidates per image on the fixed path (more: answered by torch_decode)
-Limits = tuple[float, float, int]  # CONF_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS of one image
 
 
 def fixed_nms(
@@ -57,7 +57,7 @@ def graphed_or_none(tails: dict, device: torch.device) -> tuple[GraphedNms | Non
         return None, f"NMS: dynamic (torch_decode): the NMS kernels failed ({type(e).__name__}: {str(e)[:200]})"
 
 
-def check_against_numpy(answer: Callable[[torch.Tensor, np.ndarray, list[Limits]], list[Detections]],
+def check_against_numpy(answer: Callable[[torch.Tensor, np.ndarray, Limits], list[Detections]],
                         raw_shape: tuple[int, int, int], device: torch.device) -> None:
     """Raise RuntimeError unless `answer(raw, letterbox_rows, limits)` gives `nms.decode`'s boxes (the
     NumPy definition, mapped back by `geometry.unletterbox`) bit for bit on a crowded synthetic
@@ -191,7 +191,7 @@ class GraphedNms:
         b = next((x for x in self.buckets if x >= 2), self.buckets[-1])
         tail = tails[b]
 
-        def answer(raw: torch.Tensor, rows: np.ndarray, limits: list[Limits]) -> list[Detections]:
+        def answer(raw: torch.Tensor, rows: np.ndarray, limits: Limits) -> list[Detections]:
             scores, classes = torch_decode.best_class(raw)
             for buffer, value in ((tail.raw, raw), (tail.scores, scores), (tail.classes, classes)):
                 buffer[: len(raw)].copy_(value)
