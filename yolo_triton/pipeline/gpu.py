@@ -172,7 +172,7 @@ class GpuPipeline:
             dets = torch_nms.to_detections(got[index], counts[index])
             if not exact[index].all():  # more candidates than the graph holds: exactly, eagerly
                 on_device = torch.from_numpy(index).to(raw.device)
-                dets = torch_nms.redo_inexact(dets, exact[index], raw[on_device], rows, flat_limits, None,
+                dets = torch_nms.redo_inexact(dets, exact[index], raw[on_device], rows, flat_limits,
                                               (best[0][on_device], best[1][on_device]))
         else:
             on_device = torch.from_numpy(index).to(raw.device)

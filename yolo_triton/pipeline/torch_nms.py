@@ -122,22 +122,21 @@ def postprocess_batch(
     width = int(min((table.shape[1] - HEADER) // ROW, max(int(options[:, 2].max(initial=0)), 1)))
     rows, counts, exact = unpack(table[:, : HEADER + width * ROW].cpu().numpy(), width)
     out = to_detections(rows, counts)
-    return redo_inexact(out, exact, raw, letterbox_rows, limits, None, best)
+    return redo_inexact(out, exact, raw, letterbox_rows, limits, best)
 
 
 def redo_inexact(
     out: list[Detections], exact: np.ndarray, raw: torch.Tensor, letterbox_rows: np.ndarray,
-    limits: Sequence[tuple[float, float, int]], multi_label: Sequence[bool] | None,
-    best: tuple[torch.Tensor, torch.Tensor] | None,
+    limits: Sequence[tuple[float, float, int]], best: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> list[Detections]:
-    """Replace the images `fixed_nms` flagged with `torch_decode`'s answer for them."""
+    """Replace the images `fixed_nms` flagged (single-label, more than k candidates) with
+    `torch_decode`'s answer for them."""
     redo = np.flatnonzero(~exact)
     if redo.size == 0:
         return out
     index = torch.from_numpy(redo).to(raw.device)
     again = torch_decode.postprocess_batch(
-        raw[index], letterbox_rows[redo], [limits[i] for i in redo],
-        None if multi_label is None else [multi_label[i] for i in redo],
+        raw[index], letterbox_rows[redo], [limits[i] for i in redo], None,
         None if best is None else (best[0][index], best[1][index]),
     )
     for i, d in zip(redo.tolist(), again):
