@@ -86,6 +86,52 @@ def test_letterbox_many_writes_each_request_in_order(dtype):
     assert (out[start:] == -1).all(), "rows past the batch are left alone"
 
 
+def _mixed_requests(rng: np.random.Generator) -> list[torch.Tensor]:
+    sizes = [(2, 300, 500), (1, 100, 50), (1, 1, 1), (1, 640, 640), (2, 33, 700)]
+    return [torch.from_numpy(np.stack([_image(rng, h, w) for _ in range(n)])).to(DEVICE) for n, h, w in sizes]
+
+
+def test_letterbox_table_reads_each_image_at_its_offset_with_its_own_plan():
+    """The replayable kernel: frames of any sizes at any byte offsets in one staging buffer, plans
+    in a table, padding rows of zeros left alone; the same pixels as `letterbox_many`."""
+    from yolo_triton.pipeline import letterbox_kernels
+
+    batches = _mixed_requests(np.random.default_rng(9))
+    total = sum(b.shape[0] for b in batches)
+    staging = torch.zeros(sum(b.numel() for b in batches) + 3, dtype=torch.uint8, device=DEVICE)
+    params = torch.zeros((total + 2, letterbox_kernels.WIDTH), dtype=torch.int32)
+    table, offset, i = params.numpy(), 3, 0  # an odd start: frames need no alignment
+    for b in batches:
+        n, h, w, _ = b.shape
+        staging[offset : offset + b.numel()] = b.reshape(-1)
+        for j in range(n):
+            letterbox_kernels.table_row(table[i + j], offset + j * h * w * 3, h, w, geometry.plan(h, w, 320))
+        offset, i = offset + b.numel(), i + n
+    got = torch.full((total + 2, 3, 320, 320), -1.0, dtype=torch.float16, device=DEVICE)
+    letterbox_kernels.letterbox_table(staging, params.to(DEVICE), got)
+    want = torch.full_like(got, -1.0)
+    torch_letterbox.letterbox_many(batches, want)
+    assert torch.equal(got, want)
+    assert (got[total:] == -1).all(), "padding rows: nothing written"
+
+
+@needs_cuda
+def test_graphed_letterbox_replays_what_letterbox_many_writes():
+    """Mixed sizes in one replay, a smaller batch after a larger one, and a batch over the staging
+    buffer (answered by letterbox_many): the same pixels and rows every time."""
+    batches = _mixed_requests(np.random.default_rng(11))
+    out = torch.zeros((16, 3, 320, 320), dtype=torch.float16, device=DEVICE)
+    graphed = torch_letterbox.GraphedLetterbox(out, [1, 2, 4, 8, 16], staging_bytes=1 << 20)
+    want = torch.zeros_like(out)
+    for chosen in (batches, batches[1:2], batches[:1] * 4, [torch.zeros((1, 700, 600, 3), dtype=torch.uint8,
+                                                                         device=DEVICE)] * 3):
+        total = sum(b.shape[0] for b in chosen)
+        rows = graphed(chosen)
+        want_rows = torch_letterbox.letterbox_many(chosen, want)
+        assert np.array_equal(rows, want_rows)
+        assert torch.equal(out[:total], want[:total])
+
+
 class _Tensor:
     """What gpu_tensors needs of a python-backend tensor: DLPack out."""
 

@@ -1,15 +1,15 @@
 """The GPU pipeline in one call: letterbox, FP16 network and NMS, each replayed from CUDA graphs.
 
 This is what the fused model `yolov8n_gpu_fused` runs in a single execute(). The steps are the
-staged ensemble's own functions (`torch_letterbox.letterbox_many`, `GraphedNetwork`,
-`torch_nms.fixed_nms`); what fusing removes is the glue between them: two Triton<->stub hops with
-their copies and synchronisations, two ensemble steps, and the FP32 network input, because images
-are letterboxed straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is
-kernel launches and host synchronisations, so each step is one launch: the letterbox, one Triton
-kernel per request (`torch_letterbox`), then replays from CUDA graphs of the network with its
-cast, best class and finiteness check (`GraphedNetwork`), and of decode + exact NMS + the map
-back to the image in fixed-size buffers, NMS itself in Triton kernels (`torch_nms.GraphedNms`).
-The host waits once, for the kept boxes.
+staged ensemble's own kernels (`letterbox_kernels`, the compiled network, `nms_kernels`); what
+fusing removes is the glue between them: two Triton<->stub hops with their copies and
+synchronisations, two ensemble steps, and the FP32 network input, because images are
+letterboxed straight into the CUDA graph's FP16 input buffer. At concurrency 1 what is left is
+kernel launches and host synchronisations, so each step is one replay from CUDA graphs: the
+letterbox over the frames copied into a staging buffer (`torch_letterbox.GraphedLetterbox`), the
+network with its cast, best class and finiteness check (`GraphedNetwork`), and decode + exact
+NMS + the map back to the image in fixed-size buffers (`torch_nms.GraphedNms`). The host waits
+once, for the kept boxes.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class GpuPipeline:
         self.net = torch_network.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
+        self.letterbox = torch_letterbox.GraphedLetterbox(self.net.static_in, self.net.buckets)
         self.nms, self.nms_note = torch_nms.graphed_or_none(self.net.static_tail, device)  # None: torch_decode
         # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
         # NMS synchronises anyway, and the event says when the copy has landed.
@@ -105,7 +106,7 @@ class GpuPipeline:
         t = time.perf_counter()
         stream = torch.cuda.current_stream(self.device)  # once: each bare record() looked it up, slowly
         self._marks[0].record(stream)
-        rows = torch_letterbox.letterbox_many(batches, self.net.static_in)
+        rows = self.letterbox(batches)
         t = self._mark("letterbox", t)
         self._marks[1].record(stream)
         out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from yolo_triton.pipeline import letterbox_kernels
+from yolo_triton.pipeline import geometry, letterbox_kernels
 
 
 def letterbox_batch(images: torch.Tensor, size: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,3 +40,63 @@ def letterbox_many(batches: Sequence[torch.Tensor], out: torch.Tensor) -> np.nda
         rows.append(np.repeat(lb.as_array()[None], n, axis=0))
         start += n
     return np.concatenate(rows) if rows else np.zeros((0, 6), np.float32)
+
+
+STAGING_BYTES = 256 << 20  # frames one replay can letterbox: 68 of 1280x1024, 43 of 1920x1080
+
+
+class GraphedLetterbox:
+    """The fused pipeline's letterbox, replayed from one CUDA graph per batch bucket.
+
+    Launching a Triton kernel from Python costs more host time than the kernel takes on the GPU,
+    and at concurrency 1 that time passes before the network can start. Here each request's frames
+    are copied into one staging buffer (a copy apiece, on the GPU), each image's plan is written
+    into a pinned table (`letterbox_kernels.table_row`), and one replay copies the table in and
+    runs `letterbox_table` over every image of the bucket, whatever their sizes, into `out`. A
+    batch whose frames do not fit the staging buffer is letterboxed by `letterbox_many` instead:
+    the same pixels, one launch per request.
+    """
+
+    def __init__(self, out: torch.Tensor, buckets: Sequence[int], staging_bytes: int = STAGING_BYTES) -> None:
+        device = out.device
+        self.out, self.buckets = out, tuple(sorted(buckets))
+        top = self.buckets[-1]
+        self.staging = torch.zeros(staging_bytes, dtype=torch.uint8, device=device)
+        self.params_host = torch.zeros((top, letterbox_kernels.WIDTH), dtype=torch.int32, pin_memory=True)
+        self.params = torch.zeros((top, letterbox_kernels.WIDTH), dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for b in self.buckets:
+                letterbox_kernels.letterbox_table(self.staging, self.params[:b], out[:b])  # compiled before capture
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=side):
+                    self.params[:b].copy_(self.params_host[:b], non_blocking=True)
+                    letterbox_kernels.letterbox_table(self.staging, self.params[:b], out[:b])
+                self.graphs[b] = graph
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+
+    def __call__(self, batches: Sequence[torch.Tensor]) -> np.ndarray:
+        """`letterbox_many(batches, out)`: the same pixels in `out[:total]` and the same rows."""
+        sizes = [b.numel() for b in batches]
+        total = sum(b.shape[0] for b in batches)
+        if sum(sizes) > self.staging.numel() or total > self.buckets[-1]:
+            return letterbox_many(batches, self.out)
+        b = next(x for x in self.buckets if x >= total)
+        table = self.params_host.numpy()
+        rows = np.empty((total, 6), np.float32)
+        offset, i = 0, 0
+        for images, nbytes in zip(batches, sizes):
+            n, h, w, _ = images.shape
+            self.staging[offset : offset + nbytes].view(images.shape).copy_(images, non_blocking=True)
+            lb = geometry.plan(h, w, self.out.shape[-1])
+            for j in range(n):
+                letterbox_kernels.table_row(table[i + j], offset + j * h * w * 3, h, w, lb)
+            rows[i : i + n] = lb.as_array()
+            offset += nbytes
+            i += n
+        table[total:b] = 0  # padding images: nothing read, nothing written
+        self.graphs[b].replay()
+        return rows
