@@ -572,9 +572,11 @@ def test_gpu_ensemble_agrees_with_the_fp32_onnx_variant(server, repo, facts):
         best_ious += ious.tolist()
     ious = np.array(best_ious)
     print(f"\nFP16 GPU vs FP32 ONNX on {len(images)} images: {len(ious)} confident boxes (both directions), "
-          f"{(ious >= 0.95).mean():.1%} at IoU >= 0.95, worst {ious.min():.4f}")
+          f"{(ious >= 0.9).mean():.1%} at IoU >= 0.9, {(ious >= 0.95).mean():.1%} at IoU >= 0.95, "
+          f"worst {ious.min():.4f}")
     assert len(ious) > 50, "the comparison needs detections (the demo checkpoint)"
     assert (ious >= 0.8).all(), "a confident box moved: not FP16 rounding"
+    assert (ious >= 0.9).mean() >= 0.99, "FP16 keeps at least 99% of the FP32 boxes (IoU >= 0.9, same class)"
     assert (ious >= 0.95).mean() >= 0.98, "IoU >= 0.95 for (nearly) every box"
 
 
