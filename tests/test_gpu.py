@@ -122,6 +122,7 @@ def test_graphed_letterbox_replays_what_letterbox_many_writes():
     batches = _mixed_requests(np.random.default_rng(11))
     out = torch.zeros((16, 3, 320, 320), dtype=torch.float16, device=DEVICE)
     graphed = torch_letterbox.GraphedLetterbox(out, [1, 2, 4, 8, 16], staging_bytes=1 << 20)
+    graphed.check()  # what the fused model runs at load
     want = torch.zeros_like(out)
     for chosen in (batches, batches[1:2], batches[:1] * 4, [torch.zeros((1, 700, 600, 3), dtype=torch.uint8,
                                                                          device=DEVICE)] * 3):

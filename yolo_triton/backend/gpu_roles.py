@@ -185,7 +185,8 @@ class GpuPipelineRole(_GpuRole):
             raise pb_utils.TritonModelException(str(e)) from None
         self.io = gpu_tensors.TorchIO(torch.cuda.Stream(self.device))  # options copied beside the network's stream
         self.name = margs.name
-        pb_utils.Logger.log_info(f"{margs.name}: {self.pipeline.network_note}; {self.pipeline.nms_note}")
+        pb_utils.Logger.log_info(f"{margs.name}: {self.pipeline.network_note}; {self.pipeline.letterbox_note}; "
+                                 f"{self.pipeline.nms_note}")
 
     def execute(self, batch: Requests, watch: Stopwatch) -> int:
         with torch.inference_mode():

@@ -70,7 +70,7 @@ class GpuPipeline:
         self.net = torch_network.GraphedNetwork(fast, imgsz, device, torch.float16, buckets, tail=True)
         self.net.check(net)
         self.max_batch = self.net.buckets[-1]
-        self.letterbox = torch_letterbox.GraphedLetterbox(self.net.static_in, self.net.buckets)
+        self.letterbox, self.letterbox_note = torch_letterbox.graphed_or_none(self.net.static_in, self.net.buckets)
         self.nms, self.nms_note = torch_nms.graphed_or_none(self.net.static_tail, device)  # None: torch_decode
         # The finiteness flag of the last replay comes to this pinned byte without a wait of its own:
         # NMS synchronises anyway, and the event says when the copy has landed.
@@ -106,7 +106,10 @@ class GpuPipeline:
         t = time.perf_counter()
         stream = torch.cuda.current_stream(self.device)  # once: each bare record() looked it up, slowly
         self._marks[0].record(stream)
-        rows = self.letterbox(batches)
+        if self.letterbox is not None:
+            rows = self.letterbox(batches)
+        else:
+            rows = torch_letterbox.letterbox_many(batches, self.net.static_in)
         t = self._mark("letterbox", t)
         self._marks[1].record(stream)
         out = self.net.run_tail(total)  # views into the graph's buffers: one batch in flight at a time

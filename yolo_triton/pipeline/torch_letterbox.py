@@ -78,6 +78,21 @@ class GraphedLetterbox:
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
 
+    def check(self) -> None:
+        """Raise RuntimeError unless a replay writes what `letterbox_many` writes, bit for bit: two
+        requests of different sizes (two images, then one), in the smallest bucket of three or more."""
+        gen = torch.Generator(device=self.staging.device).manual_seed(0)
+        frames = [torch.randint(0, 256, shape, dtype=torch.uint8, device=self.staging.device, generator=gen)
+                  for shape in ((2, 480, 640, 3), (1, 1080, 810, 3))]
+        n = min(3, self.buckets[-1])
+        frames = frames if n == 3 else [frames[0][:n]]
+        with torch.inference_mode():
+            rows = self(frames)
+            got = self.out[:n].clone()
+            want = torch.empty_like(got)
+            if not (np.array_equal(rows, letterbox_many(frames, want)) and torch.equal(got, want)):
+                raise RuntimeError("the letterbox graph's replay differs from the letterbox kernel's launches")
+
     def __call__(self, batches: Sequence[torch.Tensor]) -> np.ndarray:
         """`letterbox_many(batches, out)`: the same pixels in `out[:total]` and the same rows."""
         sizes = [b.numel() for b in batches]
@@ -100,3 +115,15 @@ class GraphedLetterbox:
         table[total:b] = 0  # padding images: nothing read, nothing written
         self.graphs[b].replay()
         return rows
+
+
+def graphed_or_none(out: torch.Tensor, buckets: Sequence[int]) -> tuple[GraphedLetterbox | None, str]:
+    """`GraphedLetterbox` into `out`, checked (`GraphedLetterbox.check`), and a line saying so;
+    (None, why) when it fails to capture or disagrees: the caller then launches the kernel per
+    request (`letterbox_many`), the same pixels, and keeps serving."""
+    try:
+        graphed = GraphedLetterbox(out, buckets)
+        graphed.check()
+        return graphed, "letterbox: one CUDA graph replay per execute"
+    except Exception as e:  # noqa: BLE001 - the per-request launches give the same pixels
+        return None, f"letterbox: a kernel launch per request (the graph failed: {type(e).__name__}: {str(e)[:200]})"
