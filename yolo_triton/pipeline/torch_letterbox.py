@@ -83,7 +83,7 @@ class GraphedLetterbox:
         requests of different sizes (two images, then one), in the smallest bucket of three or more."""
         gen = torch.Generator(device=self.staging.device).manual_seed(0)
         frames = [torch.randint(0, 256, shape, dtype=torch.uint8, device=self.staging.device, generator=gen)
-                  for shape in ((2, 480, 640, 3), (1, 1080, 810, 3))]
+                  for shape in ((2, 48, 64, 3), (1, 108, 81, 3))]
         n = min(3, self.buckets[-1])
         frames = frames if n == 3 else [frames[0][:n]]
         with torch.inference_mode():
