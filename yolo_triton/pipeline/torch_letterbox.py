@@ -58,6 +58,8 @@ class GraphedLetterbox:
     """
 
     def __init__(self, out: torch.Tensor, buckets: Sequence[int], staging_bytes: int = STAGING_BYTES) -> None:
+        if not 0 < staging_bytes < 1 << 31:  # the table holds byte offsets as int32
+            raise ValueError(f"staging_bytes must be in (0, 2 GiB), got {staging_bytes}")
         device = out.device
         self.out, self.buckets = out, tuple(sorted(buckets))
         top = self.buckets[-1]
