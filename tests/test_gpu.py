@@ -121,11 +121,11 @@ def test_graphed_letterbox_replays_what_letterbox_many_writes():
     buffer (answered by letterbox_many): the same pixels and rows every time."""
     batches = _mixed_requests(np.random.default_rng(11))
     out = torch.zeros((16, 3, 320, 320), dtype=torch.float16, device=DEVICE)
-    graphed = torch_letterbox.GraphedLetterbox(out, [1, 2, 4, 8, 16], staging_bytes=1 << 20)
+    graphed = torch_letterbox.GraphedLetterbox(out, [1, 2, 4, 8, 16], staging_bytes=4 << 20)
     graphed.check()  # what the fused model runs at load
     want = torch.zeros_like(out)
-    for chosen in (batches, batches[1:2], batches[:1] * 4, [torch.zeros((1, 700, 600, 3), dtype=torch.uint8,
-                                                                         device=DEVICE)] * 3):
+    over = [torch.full((1, 1000, 800, 3), 7, dtype=torch.uint8, device=DEVICE)] * 2  # 4.8 MB: past the 4 MiB
+    for chosen in (batches, batches[1:2], batches[:1] * 4, over):
         total = sum(b.shape[0] for b in chosen)
         rows = graphed(chosen)
         want_rows = torch_letterbox.letterbox_many(chosen, want)
