@@ -104,8 +104,7 @@ def test_letterbox_table_reads_each_image_at_its_offset_with_its_own_plan():
     for b in batches:
         n, h, w, _ = b.shape
         staging[offset : offset + b.numel()] = b.reshape(-1)
-        for j in range(n):
-            letterbox_kernels.table_row(table[i + j], offset + j * h * w * 3, h, w, geometry.plan(h, w, 320))
+        letterbox_kernels.table_rows(table[i : i + n], offset, h, w, geometry.plan(h, w, 320))
         offset, i = offset + b.numel(), i + n
     got = torch.full((total + 2, 3, 320, 320), -1.0, dtype=torch.float16, device=DEVICE)
     letterbox_kernels.letterbox_table(staging, params.to(DEVICE), got)

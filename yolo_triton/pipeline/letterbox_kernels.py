@@ -79,7 +79,7 @@ def _letterbox(
 def _letterbox_table(staging_ptr, params_ptr, scales_ptr, out_ptr, pad_value,
                      S: tl.constexpr, BLOCK_: tl.constexpr, WIDTH: tl.constexpr):
     """Each image of a batch at its own offset in `staging_ptr`, with its own size and plan, read
-    from its row of the parameter table (`table_row`); a row of zeros is a padding image: nothing
+    from its row of the parameter table (`table_rows`); a row of zeros is a padding image: nothing
     is read or written for it."""
     img = tl.program_id(0)
     row = params_ptr + img * WIDTH
@@ -105,12 +105,14 @@ def scales(h: int, w: int, lb: geometry.Letterbox) -> tuple[float, float]:
     return float(np.float32(h) / np.float32(lb.new_h)), float(np.float32(w) / np.float32(lb.new_w))
 
 
-def table_row(row: np.ndarray, offset: int, h: int, w: int, lb: geometry.Letterbox) -> None:
-    """Write one image's row of `letterbox_table`'s parameters into `row` (WIDTH int32 words): its
-    byte offset in the staging buffer, its size, the plan, and the two float32 scales by their bits."""
-    row[:7] = (offset, h, w, lb.new_h, lb.new_w, lb.pad_y, lb.pad_x)
-    row[7:9].view(np.float32)[:] = scales(h, w, lb)
-    row[9] = 0
+def table_rows(rows: np.ndarray, offset: int, h: int, w: int, lb: geometry.Letterbox) -> None:
+    """Write the rows of `letterbox_table`'s parameters (n, WIDTH) int32 for n frames of one size
+    lying one after another from byte `offset` of the staging buffer: each frame's offset, its
+    size, the plan, and the two float32 scales by their bits. One row is computed, then repeated."""
+    rows[:, :7] = (offset, h, w, lb.new_h, lb.new_w, lb.pad_y, lb.pad_x)
+    rows[:, 7:9].view(np.float32)[:] = scales(h, w, lb)
+    rows[:, 9] = 0
+    rows[:, 0] += np.arange(len(rows), dtype=np.int32) * np.int32(h * w * 3)
 
 
 def _launch_options(device: torch.device, size: int) -> tuple[int, dict]:
@@ -123,7 +125,7 @@ def _launch_options(device: torch.device, size: int) -> tuple[int, dict]:
 
 def letterbox_table(staging: torch.Tensor, params: torch.Tensor, out: torch.Tensor) -> None:
     """Letterbox len(params) images, each `staging[row[0]:]` as an (h, w, 3) uint8 frame with the
-    plan in its row of `params` (n, WIDTH) int32 (`table_row`), into `out` (n, 3, S, S). One launch
+    plan in its row of `params` (n, WIDTH) int32 (`table_rows`), into `out` (n, 3, S, S). One launch
     whatever the sizes, and every argument a buffer: what a CUDA graph can replay."""
     n, size = params.shape[0], out.shape[-1]
     block, options = _launch_options(out.device, size)

@@ -51,7 +51,7 @@ class GraphedLetterbox:
     Launching a Triton kernel from Python costs more host time than the kernel takes on the GPU,
     and at concurrency 1 that time passes before the network can start. Here each request's frames
     are copied into one staging buffer (a copy apiece, on the GPU), each image's plan is written
-    into a pinned table (`letterbox_kernels.table_row`), and one replay copies the table in and
+    into a pinned table (`letterbox_kernels.table_rows`), and one replay copies the table in and
     runs `letterbox_table` over every image of the bucket, whatever their sizes, into `out`. A
     batch whose frames do not fit the staging buffer is letterboxed by `letterbox_many` instead:
     the same pixels, one launch per request.
@@ -109,8 +109,7 @@ class GraphedLetterbox:
             n, h, w, _ = images.shape
             self.staging[offset : offset + nbytes].view(images.shape).copy_(images, non_blocking=True)
             lb = geometry.plan(h, w, self.out.shape[-1])
-            for j in range(n):
-                letterbox_kernels.table_row(table[i + j], offset + j * h * w * 3, h, w, lb)
+            letterbox_kernels.table_rows(table[i : i + n], offset, h, w, lb)
             rows[i : i + n] = lb.as_array()
             offset += nbytes
             i += n
