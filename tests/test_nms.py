@@ -211,6 +211,29 @@ def test_decode_equals_the_torchvision_recipe(seed, nc, anchors, size, ties):
                     assert_same(got, nms.Detections(*(a[:max_det] for a in want)))
 
 
+@pytest.mark.parametrize("nc,conf,per_class", [(80, 0.999, False), (3, 0.0, True)],
+                         ids=["crowded-few-boxes-many-classes", "many-boxes-few-classes"])
+def test_one_pass_and_per_class_passes_keep_the_same_boxes(monkeypatch, nc, conf, per_class):
+    """decode picks per-class passes or one pass over the class-offset boxes by what each is
+    charged; both keep the same boxes when the classes are apart, so the choice is speed only."""
+    raw = detector_raw(11, nc, 8400, 640)
+    keep, _, classes = nms._candidates(raw, conf, False)
+    assert nms._per_class_cheaper(classes) is per_class, (keep.size, len(np.unique(classes)))
+    chosen = nms.decode(raw, conf, 0.7, 300)
+    assert len(chosen.scores) > 10
+    monkeypatch.setattr(nms, "_per_class_cheaper", lambda _classes: not per_class)
+    assert_same(chosen, nms.decode(raw, conf, 0.7, 300))
+
+
+def test_candidates_take_each_anchors_first_best_class_and_drop_nan_columns():
+    raw = np.zeros((4 + 3, 5), np.float32)
+    raw[4:] = [[0.1, 0.9, 0.5, np.nan, 0.3], [0.6, 0.9, 0.2, 0.9, 0.3], [0.6, 0.1, 0.7, 0.2, 0.3]]
+    keep, scores, classes = nms._candidates(raw, 0.25, False)
+    assert keep.tolist() == [0, 1, 2, 4]  # anchor 3 has a NaN score: never a candidate
+    assert classes.tolist() == [1, 0, 2, 0]  # ties go to the first class, as argmax does
+    np.testing.assert_array_equal(scores, np.float32([0.6, 0.9, 0.7, 0.3]))
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_best_candidates_equal_the_stable_sort(seed):
     """decode's MAX_NMS cut picks, without sorting everything, what a stable sort's first k are:

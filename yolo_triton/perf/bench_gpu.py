@@ -287,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=None, help="input size (default: the checkpoint's)")
     ap.add_argument("--repo", type=Path, default=None, help="use this built repository (one scene) instead of building")
     ap.add_argument("--image", type=Path, default=None, help="default: bus.jpg (1080x810)")
-    ap.add_argument("--levels", type=parse_levels, default=parse_levels(DEFAULT_LEVELS),
+    ap.add_argument("--levels", type=parse_levels, default=DEFAULT_LEVELS,
                     help="levels of the first scene, label:shm:concurrency:batch,... (default %(default)s)")
-    ap.add_argument("--empty-levels", type=parse_levels, default=parse_levels(EMPTY_LEVELS),
+    ap.add_argument("--empty-levels", type=parse_levels, default=EMPTY_LEVELS,
                     help="perf_analyzer levels of the other scenes (default %(default)s)")
     ap.add_argument("--models", default=DEFAULT_MODELS,
                     help="served models to measure, comma-separated (default %(default)s)")

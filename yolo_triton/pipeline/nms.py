@@ -286,6 +286,22 @@ def _classes_apart(boxes: np.ndarray, classes: np.ndarray) -> bool:
     return bool(np.all(hi[:-1] <= lo[1:]))
 
 
+def _charge(n: int) -> int:
+    """What `_greedy` over n boxes is charged at most (PairBudget's units): every block against
+    the boxes kept before it and against itself, and about two calls a block."""
+    return n * (n + NMS_BLOCK) // 2 + 2 * CALL_PAIRS * -(-n // NMS_BLOCK)
+
+
+def _per_class_cheaper(classes: np.ndarray) -> bool:
+    """Per-class passes cost less than one pass over every box (both keep the same boxes when the
+    classes are apart): true for many boxes in few classes, false for a crowded scene's few boxes
+    in many classes (179 boxes in 34 classes at 640: 1.7 ms per class, 0.3 ms in one pass, on the
+    2-core CPU). Decided by the budget's own charges, so the cheaper pass is also the one that
+    spends less of it."""
+    sizes = np.bincount(classes)
+    return sum(_charge(int(m)) for m in sizes[sizes > 0]) < _charge(len(classes))
+
+
 def _candidates(raw: np.ndarray, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(anchor index, score, class) of every candidate above `conf`, in Ultralytics' order.
 
@@ -296,10 +312,12 @@ def _candidates(raw: np.ndarray, conf: float, multi_label: bool) -> tuple[np.nda
     if multi_label:
         anchors, classes = np.nonzero(scores_all.T > conf)
         return anchors, scores_all[classes, anchors], classes
-    classes = scores_all.argmax(0)
-    scores = scores_all[classes, np.arange(raw.shape[1])]
-    keep = np.flatnonzero(scores > conf)
-    return keep, scores[keep], classes[keep]
+    # The best score of every anchor, then the class of the few above `conf` only: argmax over the
+    # whole (nc, anchors) block took 0.7-1.1 ms at 640 on the 2-core CPU, max 0.1-0.15 ms. Same
+    # answer: argmax's class holds exactly max's value (a NaN column is NaN either way, and dropped).
+    best = scores_all.max(0)
+    keep = np.flatnonzero(best > conf)
+    return keep, best[keep], scores_all[:, keep].argmax(0)
 
 
 def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool = False,
@@ -323,7 +341,7 @@ def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, multi_label: 
     offset_boxes = boxes + offsets
     order, limit = _order(scores), _limit(max_det, len(scores))
     try:
-        if iou >= 0 and _classes_apart(offset_boxes, classes):
+        if iou >= 0 and _classes_apart(offset_boxes, classes) and _per_class_cheaper(classes):
             kept = _per_class(offset_boxes, order, classes, iou, limit, budget)
         else:
             kept = order[_greedy(offset_boxes[order], iou, limit, budget)]
