@@ -415,6 +415,7 @@ def test_gpu_configs_keep_tensors_on_the_gpu(repo):
     fused = repository.parse((repo / FUSED.pipeline / "config.pbtxt").read_text())
     assert fused.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
     assert [g.kind for g in fused.instance_group] == [repository.mc.ModelInstanceGroup.KIND_GPU]
+    assert fused.instance_group[0].count == spec.GPU_PIPELINE_INSTANCES == 2, "one runs while the other's copies do"
     assert fused.max_batch_size == max(torch_network.BUCKETS), "a batch never exceeds the largest CUDA graph"
 
 

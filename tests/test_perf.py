@@ -299,6 +299,9 @@ def test_bench_cpu_prints_every_figure_and_the_ratios(repo, server):
     for label in ("(a) raw ONNX Runtime", spec.variant("ort").ensemble, spec.variant("ort_fused").ensemble,
                   "(d) Ultralytics predict"):
         assert label in out, out[-3000:]
+    remote = re.findall(r"encoded_vs_file_pixels_c1=([\d.]+), encoded_vs_pixels_c1=([\d.]+)", out)
+    assert remote and len(remote) % 4 == 0, "every CPU variant of every scene, both ratios"
+    assert all(float(x) > 0 for pair in remote for x in pair), remote
     load = re.search(r"saturation load: requests of (\d+) images", out)
     assert load and int(load.group(1)) >= 8, "an offline client's batch, whatever batch size the sweep ranked first"
     lines = out.strip().splitlines()

@@ -120,7 +120,7 @@ def _gpu_resident(cfg: mc.ModelConfig) -> None:
 
 
 def python_config(model: spec.ModelSpec, role: str, device: str, facts: ModelFacts,
-                  preferred: tuple[int, ...] = ()) -> mc.ModelConfig:
+                  preferred: tuple[int, ...] = (), instances: int = 1) -> mc.ModelConfig:
     """A python model of this package: its `role` and `device` pick the stage objects it runs
     (yolo_triton.backend.roles); dynamic batching without delay (take what is queued)."""
     cfg = _base(model)
@@ -130,7 +130,7 @@ def python_config(model: spec.ModelSpec, role: str, device: str, facts: ModelFac
         db.preferred_batch_size.extend(preferred)
         db.max_queue_delay_microseconds = 0
     gpu = device == "gpu"
-    _instances(cfg, gpu)
+    _instances(cfg, gpu, instances)
     _facts_params(cfg, facts)
     cfg.parameters["role"].string_value = role
     cfg.parameters["device"].string_value = device
@@ -199,7 +199,8 @@ def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
 def fused_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
     """A fused variant's pipeline: one python model with the ensemble's interface (spec.Variant.pipeline)."""
     model = spec.ModelSpec(v.pipeline, "python", spec.ENSEMBLE_INPUTS, spec.ENSEMBLE_OUTPUTS)
-    cfg = python_config(model, "pipeline", v.device, facts, _graph_sizes(v.runtime))
+    instances = spec.GPU_PIPELINE_INSTANCES if v.device == "gpu" else 1
+    cfg = python_config(model, "pipeline", v.device, facts, _graph_sizes(v.runtime), instances)
     cfg.parameters["variant"].string_value = v.key
     _artefact(cfg, v.runtime)
     return cfg
@@ -254,8 +255,10 @@ _WHY = {
     "already uses every core",
     "native_detector": f"native detector: waits up to {DETECTOR_QUEUE_DELAY_US} us to fill a preferred batch "
     "(a GPU's cost per image falls with batch size)",
-    "fused": "fused pipeline: dynamic batching without delay (take what is queued); preferred sizes on the GPU "
-    "are its CUDA-graph batch sizes; one instance (one ONNX Runtime run uses every core; one GPU stream)",
+    "fused": "fused pipeline: dynamic batching without delay (take what is queued); one instance, because one "
+    "ONNX Runtime run already uses every core",
+    "fused_gpu": "fused pipeline: dynamic batching without delay (take what is queued), preferred sizes its "
+    "CUDA-graph batch sizes; two instances: one runs its graphs while Triton copies the other's requests in and out",
     "gpu_detector": "GPU detector: preferred sizes are its CUDA-graph / engine batch sizes; one instance per GPU, "
     "whose stream is kept busy by the batcher",
     "ensemble": "ensemble: batching happens in the composing models; max_batch_size only bounds a request",
@@ -269,7 +272,7 @@ def render(cfg: mc.ModelConfig) -> str:
     if cfg.platform == "ensemble":
         why = _WHY["ensemble"]
     elif role == "pipeline":
-        why = _WHY["fused"]
+        why = _WHY["fused_gpu" if gpu else "fused"]
     elif role in ("preprocess", "postprocess"):
         why = _WHY["python_step"]
     elif role == "network":
