@@ -325,8 +325,9 @@ def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, multi_label: 
     """One image's detector output (4 + nc, anchors) -> detections in network-input pixels.
 
     NMS runs over the class-offset boxes, as Ultralytics' does (the offset changes how the
-    coordinates round); per class when the offset provably keeps classes apart, which is the
-    same answer for less work. `budget` (the server's, `PairBudget.for_anchors`) turns an image
+    coordinates round); per class when that is charged less (`_per_class_cheaper`: many boxes
+    in few classes) and the offset provably keeps classes apart, which is the same answer for
+    less work. `budget` (the server's, `PairBudget.for_anchors`) turns an image
     whose NMS would exceed it into an NmsBudgetExceeded naming the options that caused it.
     """
     keep, scores, classes = _candidates(raw, conf, multi_label)
@@ -341,7 +342,7 @@ def decode(raw: np.ndarray, conf: float, iou: float, max_det: int, multi_label: 
     offset_boxes = boxes + offsets
     order, limit = _order(scores), _limit(max_det, len(scores))
     try:
-        if iou >= 0 and _classes_apart(offset_boxes, classes) and _per_class_cheaper(classes):
+        if iou >= 0 and _per_class_cheaper(classes) and _classes_apart(offset_boxes, classes):
             kept = _per_class(offset_boxes, order, classes, iou, limit, budget)
         else:
             kept = order[_greedy(offset_boxes[order], iou, limit, budget)]
