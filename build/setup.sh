@@ -10,6 +10,7 @@ want="$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut 
 
 nginx_present() { command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; }
 prometheus_present() { command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]]; }
+turbojpeg_present() { ldconfig -p 2>/dev/null | grep -q 'libturbojpeg\.so'; }
 
 ensure_apt() {
   # ensure_apt PACKAGE SERVICE PRESENT_CHECK WHAT_NEEDS_IT
@@ -49,6 +50,9 @@ ensure_tools() {
   ensure_apt nginx-light nginx nginx_present "HTTP serving and make scale (gRPC is not affected)"
   # `make scale` scrapes the replicas with a real Prometheus (yolo_triton/perf/prometheus.py).
   ensure_apt prometheus prometheus prometheus_present "make scale"
+  # tests/test_jpeg_kernels.py compares the GPU JPEG decoder's kernel with libjpeg-turbo's own
+  # planes, which only its TurboJPEG library gives.
+  ensure_apt libturbojpeg0 libturbojpeg turbojpeg_present "the JPEG kernel's test against libjpeg-turbo"
 }
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then

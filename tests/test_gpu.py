@@ -424,15 +424,15 @@ def test_bench_gpu_sets_the_decoder_of_its_own_repositories_and_leaves_a_named_o
 
     from yolo_triton.perf import bench_gpu
 
-    assert bench_gpu.decoder_params(nvjpeg=False, own_repo=False) is None
-    for nvjpeg, want in ((True, "1"), (False, "0")):  # "0" after "1": a reused repository decodes on the host again
-        params = bench_gpu.decoder_params(nvjpeg, own_repo=True)
+    assert bench_gpu.decoder_params(host_jpeg=False, own_repo=False) is None
+    for host_jpeg, want in ((True, "0"), (False, "1")):  # "1" after "0": a reused repository decodes on the GPU again
+        params = bench_gpu.decoder_params(host_jpeg, own_repo=True)
         for model in (FUSED.pipeline, GPU.preprocess):
             if not (tmp_path / model).exists():  # copied once: the second pass tunes the first one's config
                 shutil.copytree(repo / model, tmp_path / model, ignore=shutil.ignore_patterns("1"))
             bench_gpu.tune_model(tmp_path, model, params=params)
             cfg = repository.parse((tmp_path / model / "config.pbtxt").read_text())
-            assert cfg.parameters["nvjpeg"].string_value == want, (model, nvjpeg)
+            assert cfg.parameters["nvjpeg"].string_value == want, (model, host_jpeg)
             assert cfg.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no", "the rest is kept"
 
 

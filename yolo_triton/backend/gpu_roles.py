@@ -35,23 +35,22 @@ class _GpuRole:
         self.device = gpu_tensors.gpu_device(pb_utils, margs.device_id, margs.name)
         self.io = gpu_tensors.TorchIO()
         self.pb = pb_utils
-        # nvJPEG only where the config says "nvjpeg": "1". On an H200 it answered bus.jpg sent as JPEG
-        # in 3.2 ms against 6.9 ms with OpenCV on the host, but its chroma upsampling moved confident
-        # boxes of the demo checkpoint (IoU 0.71 with the pixel path's): the host decoder gives the
-        # pixel path's detections, so it is the default (docs/benchmarks.md).
-        self.nvjpeg = margs.params.get("nvjpeg", "0") == "1"
-        if self.nvjpeg:  # before any CUDA graph of this process is captured (torch_encoded.warm_up)
-            torch_encoded.warm_up(self.device)
+        # JPEG on the GPU unless the config sets "nvjpeg": "0" (torch_encoded.GpuJpeg: nvJPEG's
+        # planes finished with libjpeg-turbo's arithmetic, so the pixels are the host decoder's).
+        # Checked at load, before any CUDA graph of this process is captured; the host decodes where
+        # it fails (the load line says why).
+        self.jpeg, jpeg_note = torch_encoded.gpu_jpeg_or_none(self.device, margs.params.get("nvjpeg", "1") == "1")
+        pb_utils.Logger.log_info(f"{margs.name}: {jpeg_note}")
 
     def images(self, batch: Requests, request: Any) -> list[torch.Tensor]:  # noqa: ANN401
         """One request's images on this GPU as pieces (backend.images): IMAGE, its shape checked
-        before it is touched, or IMAGE_BYTES decoded (nvJPEG for JPEG)."""
+        before it is touched, or IMAGE_BYTES decoded (JPEG on the GPU)."""
         which, t = image_input(self.pb, request)
         if which is spec.IMAGE:
             check_image_shape(t.shape())
             return [gpu_tensors.on_device(t, self.device)]
         # BYTES never leave the host (no DLPack for them): the stub's NumPy object array.
-        return torch_encoded.decode_all(encoded.images_of(t.as_numpy()), self.device, self.nvjpeg)
+        return torch_encoded.decode_all(encoded.images_of(t.as_numpy()), self.device, self.jpeg)
 
     @staticmethod
     def synchronized(batch: Requests, results: list, outputs: tuple, device: torch.device) -> None:

@@ -20,7 +20,7 @@ measured on this machine's GPU with that scene's weights:
       pipeline would hand it over), and images/s at saturation; per-model time from Triton's
       statistics around every run, and the fused model's stage metrics where it publishes them.
       The "remote client" level (c1-remote-jpeg) sends the photo's own JPEG bytes (IMAGE_BYTES,
-      decoded on the server: on the host, or by nvJPEG with --nvjpeg) over gRPC without shared memory.
+      decoded on the server: JPEG on the GPU, or on the host with --host-jpeg) over gRPC without shared memory.
       The fused pipeline's own stages (letterbox, network, NMS) are timed in this process on the
       same image, with a synchronisation after each (yolo_triton.perf.gpu_baselines).
 Each scene ends with its ratios (served c1 / raw, Ultralytics / served, saturated / raw) and
@@ -144,12 +144,12 @@ def tune_model(repo: Path, model: str, instances: int = 0, params: dict[str, str
     path.write_text(repository.render(cfg))
 
 
-def decoder_params(nvjpeg: bool, own_repo: bool) -> dict[str, str] | None:
-    """The GPU models' IMAGE_BYTES decoder for this run. The benchmark's own repositories are
-    reused between runs, so theirs is set either way (a run after `--nvjpeg` decodes on the host
-    again); a repository named by --repo keeps its configs unless --nvjpeg asks."""
-    if nvjpeg or own_repo:
-        return {"nvjpeg": "1" if nvjpeg else "0"}
+def decoder_params(host_jpeg: bool, own_repo: bool) -> dict[str, str] | None:
+    """The GPU models' JPEG decoder for this run. The benchmark's own repositories are reused
+    between runs, so theirs is set either way (a run after `--host-jpeg` decodes on the GPU again);
+    a repository named by --repo keeps its configs unless --host-jpeg asks."""
+    if host_jpeg or own_repo:
+        return {"nvjpeg": "0" if host_jpeg else "1"}
     return None
 
 
@@ -254,7 +254,7 @@ def measure_scene(name: str, weights: str, args: argparse.Namespace, levels: lis
         print(f"bench-gpu: {shown(repo)} has no GPU detector ({shown(artefact)} is missing); build it with "
               f"`yolo-triton build --repo {shown(repo)} --weights <checkpoint> --gpu-artefact`", file=sys.stderr)
         return None
-    decoder = decoder_params(args.nvjpeg, own_repo=args.repo is None)
+    decoder = decoder_params(args.host_jpeg, own_repo=args.repo is None)
     tune_model(repo, spec.variant("gpu_fused").pipeline, args.pipeline_instances, decoder)
     tune_model(repo, spec.variant("gpu").preprocess, params=decoder)
     facts = repository.read_facts(repo)
@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="served models to measure, comma-separated (default %(default)s)")
     ap.add_argument("--pipeline-instances", type=int, default=0,
                     help="GPU instances of pipeline_gpu in the benchmark's repository (default: as generated)")
-    ap.add_argument("--nvjpeg", action="store_true",
-                    help="decode IMAGE_BYTES with nvJPEG on the GPU (config `nvjpeg: \"1\"`) instead of on the host")
+    ap.add_argument("--host-jpeg", action="store_true",
+                    help="decode JPEG IMAGE_BYTES on the host (config `nvjpeg: \"0\"`) instead of on the GPU")
     ap.add_argument("--quick", action="store_true", help="shorter measurements (a smoke test, not a result)")
     args = ap.parse_args(argv)
     if args.weights or args.repo:

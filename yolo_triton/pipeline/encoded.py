@@ -32,7 +32,7 @@ _OTHER_FORMATS = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*
                   (b"\0\0\0\x0cjP  ", "JPEG 2000"), (b"qoif", "QOI"), (b"\0\0\1\0", "ICO"))
 # JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_NVJPEG_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman: what nvJPEG decodes
+_NVJPEG_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman: what the GPU decodes
 # EXIF orientation -> (transpose first, then flip rows, flip columns): all eight as one table.
 ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
     1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
@@ -48,7 +48,10 @@ class Header:
     width: int  # as stored (before the EXIF orientation)
     height: int
     orientation: int = 1  # EXIF orientation, 1..8 (1: as stored)
-    nvjpeg: bool = False  # a JPEG that nvJPEG decodes (8-bit Huffman baseline/progressive, 1 or 3 channels)
+    # A JPEG the GPU decodes exactly (torch_encoded): 8-bit Huffman, greyscale or YCbCr, with chroma
+    # `chroma` = (hs, vs), luma samples per chroma sample across and down, each 1 or 2 (None: grey).
+    nvjpeg: bool = False
+    chroma: tuple[int, int] | None = None
 
 
 def refuse(index: int, why: str) -> InputError:
@@ -103,7 +106,8 @@ def _truncated(index: int, fmt: str, what: str) -> InputError:
 
 def _jpeg(data: bytes, index: int) -> Header:
     """Walk the marker segments up to the first scan: SOFn gives the size, APP1 the orientation."""
-    pos, size, orientation, nvjpeg = 2, None, 1, False
+    pos, size, orientation, frame = 2, None, 1, b""
+    jfif, adobe_transform = False, -1
     while True:
         while pos < len(data) and data[pos] == 0xFF and pos + 1 < len(data) and data[pos + 1] == 0xFF:
             pos += 1  # fill bytes
@@ -122,11 +126,15 @@ def _jpeg(data: bytes, index: int) -> Header:
         if marker in _SOF and size is None:
             if len(body) < 6:
                 raise refuse(index, "corrupt JPEG: short frame header")
-            bits, h, w, channels = body[0], *struct.unpack_from(">HH", body, 1), body[5]
+            h, w = struct.unpack_from(">HH", body, 1)
             if h == 0:
                 raise refuse(index, "unsupported JPEG: height given by a DNL marker")
             size = (w, h)
-            nvjpeg = marker in _NVJPEG_SOF and bits == 8 and channels in (1, 3)
+            frame = bytes([marker]) + body
+        elif marker == 0xE0 and body.startswith(b"JFIF\0"):
+            jfif = True
+        elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
+            adobe_transform = body[11]
         elif marker == 0xE1 and body.startswith(b"Exif\0\0"):
             orientation = _exif_orientation(body[6:])
         elif marker == 0xDA:  # start of scan: the header is over
@@ -140,7 +148,33 @@ def _jpeg(data: bytes, index: int) -> Header:
     # is the file's end, and without one the file was cut (embedded thumbnails sit before the scan).
     if data.rfind(b"\xff\xd9", pos) < 0:
         raise _truncated(index, "JPEG", "no end-of-image marker after the scan")
-    return Header("jpeg", size[0], size[1], orientation, nvjpeg)
+    gpu, chroma = _gpu_decodable(frame, jfif, adobe_transform)
+    return Header("jpeg", size[0], size[1], orientation, gpu, chroma)
+
+
+_HOST_ONLY = (False, None)
+
+
+def _gpu_decodable(frame: bytes, jfif: bool, adobe_transform: int) -> tuple[bool, tuple[int, int] | None]:
+    """Whether the GPU decodes a JPEG frame (its SOF marker, then the segment) exactly, and its
+    chroma factors (None: greyscale). Left to the host: other precisions and codings, RGB and CMYK
+    files, and subsamplings other than full, half width, half height or both.
+    Colour space as libjpeg-turbo guesses it: YCbCr with a JFIF marker, else what an Adobe marker's
+    transform says, else RGB only for component ids 'R', 'G', 'B'."""
+    if len(frame) < 7 or frame[0] not in _NVJPEG_SOF or frame[1] != 8:
+        return _HOST_ONLY
+    channels = frame[6]
+    components = frame[7 : 7 + 3 * channels]
+    if len(components) < 3 * channels or channels not in (1, 3):
+        return _HOST_ONLY
+    if channels == 1:
+        return True, None
+    ids = components[0::3]
+    rgb = not jfif and (adobe_transform == 0 or (adobe_transform < 0 and ids == b"RGB"))
+    factors = [(c >> 4, c & 15) for c in components[1::3]]
+    if rgb or factors[1] != (1, 1) or factors[2] != (1, 1) or not all(f in (1, 2) for f in factors[0]):
+        return _HOST_ONLY
+    return True, factors[0]
 
 
 def _exif_orientation(tiff: bytes) -> int:

@@ -1,5 +1,6 @@
-"""Encoded images decoded for the GPU models: JPEG by nvJPEG on the GPU, in one batched call;
-PNG, WebP and the JPEGs nvJPEG does not take (CMYK, 12-bit, arithmetic-coded) by OpenCV on the host.
+"""Encoded images decoded for the GPU models: JPEG on the GPU (nvJPEG's planes, finished as
+libjpeg-turbo finishes them, so the pixels are OpenCV's); PNG, WebP and the JPEGs the GPU path does
+not take (RGB or CMYK, 12-bit, arithmetic-coded, unusual subsampling) by OpenCV on the host.
 
 Headers are checked first for every file of the request (pipeline.encoded: format, limits,
 truncation), so nothing is decoded for a request that is refused. The result is what the IMAGE
@@ -13,10 +14,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-import torchvision.io as tvio
 
-from yolo_triton.pipeline import encoded
-from yolo_triton.pipeline.validation import InputError
+from yolo_triton.pipeline import encoded, jpeg_kernels, nvjpeg
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -28,49 +27,96 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image.flip(dims) if dims else image
 
 
-def _nvjpeg(files: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
-    """RGB CHW tensors on `device`, one batched nvJPEG call (torchvision >= 0.19 takes a list)."""
-    data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
-    return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device)
+class GpuJpeg:
+    """JPEG on the GPU with libjpeg-turbo's pixels: nvJPEG's component planes (pipeline.nvjpeg),
+    then chroma upsampling and colour conversion in one kernel (jpeg_kernels). One per model
+    instance; `decode` queues work on the current stream."""
 
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._nvjpeg = nvjpeg.Decoder(device)
 
-def warm_up(device: torch.device) -> None:
-    """Decode one small JPEG with nvJPEG now, while the model loads.
-
-    nvJPEG creates its handle, its state and its device buffers at the first call. In a process
-    that has captured CUDA graphs, first-time work of that kind coincided with broken replays
-    (docs/benchmarks.md, "Found and fixed"), so a model that decodes with nvJPEG does it once
-    before any graph is captured, as GpuPipeline does for every other eager op.
-    """
-    ok, jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
-    if not ok:  # cannot happen: OpenCV always encodes a plain grey image
-        raise RuntimeError("could not encode the nvJPEG warm-up image")
-    _nvjpeg([jpeg.tobytes()] * 2, device)
-    torch.cuda.synchronize(device)
-
-
-def decode_all(files: Sequence[bytes], device: torch.device, nvjpeg: bool = True) -> list[torch.Tensor]:
-    """Every file of a request -> (1, H, W, 3) BGR uint8 on `device`, in order; InputError naming
-    the first file that is refused. Without `nvjpeg` every file is decoded on the host."""
-    headers = [encoded.read_header(f, i) for i, f in enumerate(files)]
-    out: list[torch.Tensor | None] = [None] * len(files)
-    gpu = [i for i, h in enumerate(headers) if h.nvjpeg] if nvjpeg else []
-    if gpu:
+    def decode(self, data: bytes, header: encoded.Header, index: int) -> torch.Tensor | None:
+        """One checked file (header.nvjpeg) -> (H, W, 3) BGR uint8 on the GPU, as stored (before
+        orientation); None where nvJPEG reads the file otherwise than its header says (the host
+        decodes it then); InputError where nvJPEG cannot decode it."""
         try:
-            decoded = _nvjpeg([files[i] for i in gpu], device)
-        except RuntimeError:  # one bad file fails the batched call: find it, decoding one by one
-            decoded = []
-            for i in gpu:
-                try:
-                    decoded += _nvjpeg([files[i]], device)
-                except RuntimeError as e:
-                    raise encoded.refuse(i, f"corrupt jpeg: nvJPEG could not decode it ({e})") from None
-        for i, rgb in zip(gpu, decoded):
-            encoded.check_decoded(rgb.shape[1:], headers[i], i)
-            out[i] = orient(rgb.flip(0).permute(1, 2, 0), headers[i].orientation).contiguous()[None]
-    for i, h in enumerate(headers):
-        if out[i] is None:
-            out[i] = torch.from_numpy(encoded.decode(files[i], h, i)).to(device)[None]
-    if any(t is None for t in out):  # cannot happen: every file went one way or the other
-        raise InputError("internal: an encoded image was not decoded")
-    return [t for t in out if t is not None]
+            _, css, dims = self._nvjpeg.info(data)
+            if nvjpeg.SUBSAMPLING.get(css, False) != header.chroma or dims != _plane_dims(header):
+                return None
+            planes = self._nvjpeg.planes(data, dims)
+        except nvjpeg.NvJpegError as e:
+            raise encoded.refuse(index, f"corrupt jpeg: nvJPEG could not decode it ({e})") from None
+        out = torch.empty((header.height, header.width, 3), dtype=torch.uint8, device=self.device)
+        jpeg_kernels.ycc_to_bgr(planes, header.chroma, out)
+        return out
+
+    def check(self, side: int = 2048) -> int:
+        """Decode large JPEGs of every chroma layout and a greyscale one now, while the model loads,
+        and return the largest difference from OpenCV's pixels, in grey levels.
+
+        nvJPEG allocates its buffers at the first call and grows them for larger images. In a
+        process that has captured CUDA graphs, first-time work of that kind coincided with broken
+        replays (docs/benchmarks.md, "Found and fixed"), so this runs before any capture, as
+        GpuPipeline does for every other eager op, on frames large enough that common sizes decode
+        without growing the buffers. Every chroma layout of the kernel is compiled here too.
+        """
+        frame = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        files = [cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, s])[1] for s in _SAMPLINGS]
+        files.append(cv2.imencode(".jpg", frame[:64, :64, 0])[1])
+        worst = 0
+        for data in (f.tobytes() for f in files):
+            image = self.decode(data, encoded.read_header(data, 0), 0)
+            if image is None:
+                raise RuntimeError("nvJPEG reads its own test image otherwise than its header says")
+            want = torch.from_numpy(encoded.decode(data, encoded.read_header(data, 0), 0)).to(self.device)
+            worst = max(worst, int((image.int() - want.int()).abs().max()))
+        torch.cuda.synchronize(self.device)
+        return worst
+
+
+_SAMPLINGS = (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440)
+# The GPU decoder is used where it gives OpenCV's pixels to within this many grey levels (its
+# inverse DCT is nvJPEG's, the rest libjpeg-turbo's arithmetic).
+MAX_LEVELS_OFF = 1
+
+
+def gpu_jpeg_or_none(device: torch.device, wanted: bool) -> tuple[GpuJpeg | None, str]:
+    """The model's JPEG decoder and its load line: GpuJpeg where wanted and it matches OpenCV at
+    load (GpuJpeg.check), else None (the host decodes) with the reason."""
+    if not wanted:
+        return None, "JPEG: decoded on the host (config nvjpeg: \"0\")"
+    try:
+        gpu = GpuJpeg(device)
+        worst = gpu.check()
+    except (OSError, RuntimeError, ValueError) as e:
+        return None, f"JPEG: decoded on the host, the GPU decoder failed its load check ({e})"
+    if worst > MAX_LEVELS_OFF:
+        return None, (f"JPEG: decoded on the host, the GPU decoder's pixels were {worst} grey levels off "
+                      f"OpenCV's (at most {MAX_LEVELS_OFF} allowed)")
+    return gpu, f"JPEG: nvJPEG planes + libjpeg-turbo's upsampling on the GPU, {worst} grey levels off OpenCV at load"
+
+
+def _plane_dims(header: encoded.Header) -> list[tuple[int, int]]:
+    """(height, width) of each component plane of a JPEG the GPU decodes, as libjpeg sizes them."""
+    luma = (header.height, header.width)
+    if header.chroma is None:
+        return [luma]
+    hs, vs = header.chroma
+    return [luma] + [(-(-header.height // vs), -(-header.width // hs))] * 2
+
+
+def decode_all(files: Sequence[bytes], device: torch.device, gpu: GpuJpeg | None = None) -> list[torch.Tensor]:
+    """Every file of a request -> (1, H, W, 3) BGR uint8 on `device`, in order; InputError naming
+    the first file that is refused. Headers are all checked before anything is decoded. JPEGs the
+    GPU decodes exactly go to `gpu` where given; everything else is decoded on the host."""
+    headers = [encoded.read_header(f, i) for i, f in enumerate(files)]
+    out = []
+    for i, (data, header) in enumerate(zip(files, headers)):
+        image = gpu.decode(data, header, i) if gpu is not None and header.nvjpeg else None
+        if image is None:
+            out.append(torch.from_numpy(encoded.decode(data, header, i)).to(device)[None])
+        else:
+            out.append(orient(image, header.orientation).contiguous()[None])
+    return out
