@@ -417,6 +417,10 @@ def test_gpu_configs_keep_tensors_on_the_gpu(repo):
     assert [g.kind for g in fused.instance_group] == [repository.mc.ModelInstanceGroup.KIND_GPU]
     assert fused.instance_group[0].count == spec.GPU_PIPELINE_INSTANCES == 2, "one runs while the other's copies do"
     assert fused.max_batch_size == max(torch_network.BUCKETS), "a batch never exceeds the largest CUDA graph"
+    decoders = {m: cfg.parameters["nvjpeg"].string_value if "nvjpeg" in cfg.parameters else None
+                for m, cfg in (*configs.items(), (FUSED.pipeline, fused))}
+    assert decoders == {GPU.preprocess: "1", GPU.detector: None, GPU.postprocess: None, FUSED.pipeline: "1"}, \
+        "JPEG is decoded on the GPU by the steps that take IMAGE_BYTES"
 
 
 def test_bench_gpu_sets_the_decoder_of_its_own_repositories_and_leaves_a_named_one_alone(repo, tmp_path):

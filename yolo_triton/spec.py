@@ -291,6 +291,10 @@ GPU_EXTRA = {"cuda_graph_batches": CUDA_GRAPH_BATCHES, "torch_compile": "1"}
 # stub runs its graphs meanwhile. Measured on an H100 in one run: 6131 img/s against 5599 with one
 # (0.52x against 0.47x the raw network's batch 64), and c1 no slower (docs/benchmarks.md).
 GPU_PIPELINE_INSTANCES = 2
+# The GPU models that decode IMAGE_BYTES (preprocess_gpu, pipeline_gpu) decode JPEG on the GPU
+# ("0": on the host). nvJPEG's planes are finished with libjpeg-turbo's arithmetic and checked
+# against OpenCV at load, so the pixels are those of the host decoder (docs/gpu.md).
+GPU_JPEG = {"nvjpeg": "1"}
 
 RUNTIMES: tuple[Runtime, ...] = (
     Runtime("ort", "detector_ort", "cpu", "python", "model.onnx"),

@@ -39,7 +39,8 @@ class _GpuRole:
         # planes finished with libjpeg-turbo's arithmetic, so the pixels are the host decoder's).
         # Checked at load, before any CUDA graph of this process is captured; the host decodes where
         # it fails (the load line says why).
-        self.jpeg, jpeg_note = torch_encoded.gpu_jpeg_or_none(self.device, margs.params.get("nvjpeg", "1") == "1")
+        wanted = margs.params.get("nvjpeg", spec.GPU_JPEG["nvjpeg"]) == "1"  # a repository built before the key
+        self.jpeg, jpeg_note = torch_encoded.gpu_jpeg_or_none(self.device, wanted)
         pb_utils.Logger.log_info(f"{margs.name}: {jpeg_note}")
 
     def images(self, batch: Requests, request: Any) -> list[torch.Tensor]:  # noqa: ANN401

@@ -136,6 +136,9 @@ def python_config(model: spec.ModelSpec, role: str, device: str, facts: ModelFac
     cfg.parameters["device"].string_value = device
     if gpu:
         _gpu_resident(cfg)
+        if role in ("preprocess", "pipeline"):  # the steps that decode IMAGE_BYTES
+            for key, value in spec.GPU_JPEG.items():
+                cfg.parameters[key].string_value = value
     return cfg
 
 
