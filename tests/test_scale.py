@@ -80,8 +80,11 @@ def test_a_replica_killed_under_load_costs_no_request_and_prometheus_agrees(repo
 
 
 def test_an_interrupted_run_leaves_no_process_behind(repo, tmp_path):
+    # Ctrl-C as a terminal delivers it. A shell's background job inherits SIGINT ignored, and Python
+    # then keeps it ignored, so the child gets the default disposition back whatever ran the tests.
     proc = subprocess.Popen(scale_command(repo, tmp_path, duration=60), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         deadline = time.monotonic() + 300
