@@ -102,8 +102,8 @@ def gpu_jpeg_or_none(device: torch.device, wanted: bool) -> tuple[GpuJpeg | None
     try:
         gpu = GpuJpeg(device)
         worst = gpu.check()
-    except (OSError, RuntimeError, ValueError) as e:
-        return None, f"JPEG: decoded on the host, the GPU decoder failed its load check ({e})"
+    except Exception as e:  # noqa: BLE001 - whatever breaks an optional accelerator, the host decodes instead
+        return None, f"JPEG: decoded on the host, the GPU decoder failed its load check ({type(e).__name__}: {e})"
     if worst > MAX_LEVELS_OFF:
         return None, (f"JPEG: decoded on the host, the GPU decoder's pixels were {worst} grey levels off "
                       f"OpenCV's (at most {MAX_LEVELS_OFF} allowed)")
