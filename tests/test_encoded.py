@@ -342,6 +342,18 @@ def test_headers_say_which_jpegs_the_gpu_decodes_and_their_chroma_layout():
     assert encoded.read_header(rgb[:-2] + b"\xff\xd9", 0).width == 48  # otherwise a valid JPEG
 
 
+def test_where_the_gpu_decoder_cannot_run_the_host_decodes_and_the_load_line_says_why():
+    from yolo_triton.pipeline import torch_encoded
+
+    gpu, note = torch_encoded.gpu_jpeg_or_none(torch.device("cpu"), wanted=True)
+    assert gpu is None and note.startswith("JPEG: decoded on the host, the GPU decoder failed its load check ("), note
+    gpu, note = torch_encoded.gpu_jpeg_or_none(torch.device("cpu"), wanted=False)
+    assert gpu is None and note == 'JPEG: decoded on the host (config nvjpeg: "0")'
+    files = [JPEG, PNG]
+    for data, t in zip(files, torch_encoded.decode_all(files, torch.device("cpu"), gpu)):
+        np.testing.assert_array_equal(t[0].numpy(), encoded.decode(data, encoded.read_header(data, 0), 0))
+
+
 @needs_cuda
 @pytest.mark.parametrize("orientation", [1, 6, 7])
 def test_the_gpu_jpeg_decoder_gives_opencvs_pixels(orientation):
