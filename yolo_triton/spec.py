@@ -292,8 +292,8 @@ GPU_EXTRA = {"cuda_graph_batches": CUDA_GRAPH_BATCHES, "torch_compile": "1"}
 # (0.52x against 0.47x the raw network's batch 64), and c1 no slower (docs/benchmarks.md).
 GPU_PIPELINE_INSTANCES = 2
 # The GPU models that decode IMAGE_BYTES (preprocess_gpu, pipeline_gpu) decode JPEG on the GPU
-# ("0": on the host). nvJPEG's planes are finished with libjpeg-turbo's arithmetic and checked
-# against OpenCV at load, so the pixels are those of the host decoder (docs/gpu.md).
+# ("0": on the host). nvJPEG's planes are finished with libjpeg-turbo's arithmetic, and the result
+# is checked against OpenCV at load: over one grey level off, the host decodes (docs/gpu.md).
 GPU_JPEG = {"nvjpeg": "1"}
 
 RUNTIMES: tuple[Runtime, ...] = (

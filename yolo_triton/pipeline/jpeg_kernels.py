@@ -5,8 +5,9 @@ Why not nvJPEG's own BGR output: nvJPEG upsamples chroma otherwise than libjpeg-
 OpenCV, Ultralytics' reader and the CPU models use), and at colour edges its pixels differ by
 tens of grey levels, enough to move boxes (docs/benchmarks.md). The planes themselves are the
 inverse DCT's output; the two steps after it are written here with libjpeg-turbo's integer
-arithmetic, so the pixels are OpenCV's (tests/test_nvjpeg.py checks it bit for bit on
-libjpeg-turbo's own planes, and against OpenCV on nvJPEG's):
+arithmetic. On libjpeg-turbo's own planes the kernel gives OpenCV's pixels bit for bit
+(tests/test_jpeg_kernels.py); on nvJPEG's, the difference left is that of the two inverse DCTs,
+which torch_encoded.GpuJpeg.check measures at load:
 
 - fancy upsampling (jdsample.c): h2v2 is a triangle filter, 3/4 of the nearer and 1/4 of the
   farther sample in each direction, in sixteenths with biases 8 and 7; h2v1 and h1v2 in quarters
