@@ -36,9 +36,9 @@ class _GpuRole:
         self.io = gpu_tensors.TorchIO()
         self.pb = pb_utils
         # JPEG on the GPU unless the config sets "nvjpeg": "0" (torch_encoded.GpuJpeg: nvJPEG's
-        # planes finished with libjpeg-turbo's arithmetic, so the pixels are the host decoder's).
-        # Checked at load, before any CUDA graph of this process is captured; the host decodes where
-        # it fails (the load line says why).
+        # planes finished with libjpeg-turbo's arithmetic). Checked against OpenCV at load, before
+        # any CUDA graph of this process is captured; the host decodes where the check fails (the
+        # load line says why).
         wanted = margs.params.get("nvjpeg", spec.GPU_JPEG["nvjpeg"]) == "1"  # a repository built before the key
         self.jpeg, jpeg_note = torch_encoded.gpu_jpeg_or_none(self.device, wanted)
         pb_utils.Logger.log_info(f"{margs.name}: {jpeg_note}")

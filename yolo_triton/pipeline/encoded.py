@@ -48,7 +48,7 @@ class Header:
     width: int  # as stored (before the EXIF orientation)
     height: int
     orientation: int = 1  # EXIF orientation, 1..8 (1: as stored)
-    # A JPEG the GPU decodes exactly (torch_encoded): 8-bit Huffman, greyscale or YCbCr, with chroma
+    # A JPEG the GPU decoder takes (torch_encoded): 8-bit Huffman, greyscale or YCbCr, with chroma
     # `chroma` = (hs, vs), luma samples per chroma sample across and down, each 1 or 2 (None: grey).
     nvjpeg: bool = False
     chroma: tuple[int, int] | None = None
@@ -156,7 +156,7 @@ _HOST_ONLY = (False, None)
 
 
 def _gpu_decodable(frame: bytes, jfif: bool, adobe_transform: int) -> tuple[bool, tuple[int, int] | None]:
-    """Whether the GPU decodes a JPEG frame (its SOF marker, then the segment) exactly, and its
+    """Whether the GPU decoder takes a JPEG frame (its SOF marker, then the segment), and its
     chroma factors (None: greyscale). Left to the host: other precisions and codings, RGB and CMYK
     files, and subsamplings other than full, half width, half height or both.
     Colour space as libjpeg-turbo guesses it: YCbCr with a JFIF marker, else what an Adobe marker's

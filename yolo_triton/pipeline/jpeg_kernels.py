@@ -69,8 +69,9 @@ def _chroma(plane, pitch, oy, ox, ch, cw, mask, HS: tl.constexpr, VS: tl.constex
 @triton.jit(do_not_specialize=["h", "w", "ch", "cw", "y_pitch", "c_pitch"])
 def _ycc_to_bgr(y_ptr, cb_ptr, cr_ptr, out_ptr, h, w, ch, cw, y_pitch, c_pitch,
                 CR_R_: tl.constexpr, CB_B_: tl.constexpr, CR_G_: tl.constexpr, CB_G_: tl.constexpr,
-                HS: tl.constexpr, VS: tl.constexpr, FANCY: tl.constexpr, GRAY: tl.constexpr,
-                BLOCK_: tl.constexpr):
+                HALF: tl.constexpr, HS: tl.constexpr, VS: tl.constexpr, FANCY: tl.constexpr,
+                GRAY: tl.constexpr, BLOCK_: tl.constexpr):
+    """BLOCK_ output pixels of one image: Y, upsampled Cb and Cr, then jdcolor.c's conversion."""
     p = tl.program_id(0) * BLOCK_ + tl.arange(0, BLOCK_)
     mask = p < h * w
     oy = p // w
@@ -83,9 +84,9 @@ def _ycc_to_bgr(y_ptr, cb_ptr, cr_ptr, out_ptr, h, w, ch, cw, y_pitch, c_pitch,
     else:
         cb = _chroma(cb_ptr, c_pitch, oy, ox, ch, cw, mask, HS, VS, FANCY) - 128
         cr = _chroma(cr_ptr, c_pitch, oy, ox, ch, cw, mask, HS, VS, FANCY) - 128
-        r = y + ((CR_R_ * cr + 32768) >> 16)
-        b = y + ((CB_B_ * cb + 32768) >> 16)
-        g = y + ((-CB_G_ * cb + 32768 - CR_G_ * cr) >> 16)
+        r = y + ((CR_R_ * cr + HALF) >> 16)
+        b = y + ((CB_B_ * cb + HALF) >> 16)
+        g = y + ((-CB_G_ * cb + HALF - CR_G_ * cr) >> 16)
     out = out_ptr + p.to(tl.int64) * 3
     tl.store(out, tl.minimum(tl.maximum(b, 0), 255).to(tl.uint8), mask=mask)
     tl.store(out + 1, tl.minimum(tl.maximum(g, 0), 255).to(tl.uint8), mask=mask)
@@ -116,5 +117,5 @@ def ycc_to_bgr(planes: list[torch.Tensor], chroma: tuple[int, int] | None, out: 
         block, options = triton.next_power_of_2(h * w), {}
     _ycc_to_bgr[(triton.cdiv(h * w, block),)](
         y_plane, cb, cr, out, h, w, -(-h // vs), -(-w // hs), y_plane.stride(0), cb.stride(0),
-        CR_R_=CR_R, CB_B_=CB_B, CR_G_=CR_G, CB_G_=CB_G, HS=hs, VS=vs, FANCY=-(-w // hs) > 2 or hs == 1,
+        CR_R_=CR_R, CB_B_=CB_B, CR_G_=CR_G, CB_G_=CB_G, HALF=ONE_HALF, HS=hs, VS=vs, FANCY=-(-w // hs) > 2 or hs == 1,
         GRAY=chroma is None, BLOCK_=block, num_warps=4, **options)

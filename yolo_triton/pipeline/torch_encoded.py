@@ -29,8 +29,8 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 class GpuJpeg:
-    """JPEG on the GPU with libjpeg-turbo's pixels: nvJPEG's component planes (pipeline.nvjpeg),
-    then chroma upsampling and colour conversion in one kernel (jpeg_kernels). One per model
+    """JPEG on the GPU: nvJPEG's component planes (pipeline.nvjpeg), then libjpeg-turbo's chroma
+    upsampling and colour conversion in one kernel (jpeg_kernels). One per model
     instance; `decode` queues work on the current stream."""
 
     def __init__(self, device: torch.device) -> None:
@@ -123,7 +123,7 @@ def _plane_dims(header: encoded.Header) -> list[tuple[int, int]]:
 def decode_all(files: Sequence[bytes], device: torch.device, gpu: GpuJpeg | None = None) -> list[torch.Tensor]:
     """Every file of a request -> (1, H, W, 3) BGR uint8 on `device`, in order; InputError naming
     the first file that is refused. Headers are all checked before anything is decoded. JPEGs the
-    GPU decodes exactly go to `gpu` where given; everything else is decoded on the host."""
+    GPU decoder takes (header.nvjpeg) go to `gpu` where given; everything else is decoded on the host."""
     headers = [encoded.read_header(f, i) for i, f in enumerate(files)]
     out = []
     for i, (data, header) in enumerate(zip(files, headers)):
