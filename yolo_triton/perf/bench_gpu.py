@@ -20,7 +20,8 @@ measured on this machine's GPU with that scene's weights:
       pipeline would hand it over), and images/s at saturation; per-model time from Triton's
       statistics around every run, and the fused model's stage metrics where it publishes them.
       The "remote client" level (c1-remote-jpeg) sends the photo's own JPEG bytes (IMAGE_BYTES,
-      decoded on the server: JPEG on the GPU, or on the host with --host-jpeg) over gRPC without shared memory.
+      decoded on the server: on the GPU, or on the host with --host-jpeg) over gRPC without
+      shared memory.
       The fused pipeline's own stages (letterbox, network, NMS) are timed in this process on the
       same image, with a synchronisation after each (yolo_triton.perf.gpu_baselines).
 Each scene ends with its ratios (served c1 / raw, Ultralytics / served, saturated / raw) and
