@@ -338,8 +338,9 @@ def test_headers_say_which_jpegs_the_gpu_decodes_and_their_chroma_layout():
     app0_end = 4 + struct.unpack_from(">H", jpeg, 4)[0]
     adobe = b"Adobe" + bytes([0, 100, 0, 0, 0, 0, 0])
     rgb = jpeg[:2] + b"\xff\xee" + struct.pack(">H", len(adobe) + 2) + adobe + jpeg[app0_end:]
-    assert not encoded.read_header(rgb, 0).nvjpeg
-    assert encoded.read_header(rgb[:-2] + b"\xff\xd9", 0).width == 48  # otherwise a valid JPEG
+    header = encoded.read_header(rgb, 0)
+    assert not header.nvjpeg and (header.width, header.height) == (48, 64)
+    assert cv2.imdecode(np.frombuffer(rgb, np.uint8), cv2.IMREAD_COLOR).shape == (64, 48, 3)  # a valid JPEG
 
 
 def test_where_the_gpu_decoder_cannot_run_the_host_decodes_and_the_load_line_says_why():

@@ -93,29 +93,33 @@ def _ycc_to_bgr(y_ptr, cb_ptr, cr_ptr, out_ptr, h, w, ch, cw, y_pitch, c_pitch,
     tl.store(out + 2, tl.minimum(tl.maximum(r, 0), 255).to(tl.uint8), mask=mask)
 
 
-def ycc_to_bgr(planes: list[torch.Tensor], chroma: tuple[int, int] | None, out: torch.Tensor) -> None:
-    """Write the BGR uint8 image `out` (h, w, 3), contiguous, from a JPEG's component planes: Y of
-    at least (h, w), then Cb and Cr of (ceil(h / vs), ceil(w / hs)) for chroma factors
-    `chroma` = (hs, vs) in {1, 2}; `chroma` None for a greyscale JPEG (Y alone). Planes may be
-    wider than the image (a row pitch), as nvJPEG may write them."""
-    h, w, _ = out.shape
-    y_plane = planes[0]
+def plane_dims(h: int, w: int, chroma: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """(height, width) of each component plane of an h x w JPEG, as libjpeg sizes them: Y, then
+    Cb and Cr of (ceil(h / vs), ceil(w / hs)) for chroma factors (hs, vs); Y alone for greyscale."""
     if chroma is None:
-        cb = cr = y_plane
-        hs = vs = 1
-    else:
-        cb, cr = planes[1], planes[2]
-        hs, vs = chroma
-        if cb.stride() != cr.stride() or cb.shape != cr.shape:
-            raise ValueError(f"Cb {tuple(cb.shape)} and Cr {tuple(cr.shape)} planes differ in shape or pitch")
-    ch, cw = cb.shape
-    if y_plane.shape[0] < h or y_plane.shape[1] < w or ch < -(-h // vs) or cw < -(-w // hs):
+        return [(h, w)]
+    hs, vs = chroma
+    return [(h, w)] + [(-(-h // vs), -(-w // hs))] * 2
+
+
+def ycc_to_bgr(planes: list[torch.Tensor], chroma: tuple[int, int] | None, out: torch.Tensor) -> None:
+    """Write the BGR uint8 image `out` (h, w, 3), contiguous, from a JPEG's component planes of at
+    least `plane_dims(h, w, chroma)`, chroma factors (hs, vs) in {1, 2} (None: greyscale, Y alone).
+    Planes may be wider than the image (a row pitch), as nvJPEG may write them."""
+    h, w, _ = out.shape
+    dims = plane_dims(h, w, chroma)
+    if len(planes) != len(dims) or any(p.shape[0] < r or p.shape[1] < c for p, (r, c) in zip(planes, dims)):
         raise ValueError(f"planes {[tuple(p.shape) for p in planes]} too small for a {w}x{h} image")
+    y_plane, (cb, cr) = planes[0], (planes[1:] if chroma is not None else (planes[0], planes[0]))
+    if cb.stride() != cr.stride():
+        raise ValueError(f"Cb and Cr planes differ in pitch ({cb.stride(0)}, {cr.stride(0)})")
+    hs, vs = chroma or (1, 1)
+    ch, cw = dims[-1]
     if out.device.type == "cuda":
         block, options = BLOCK, {}
     else:  # Triton's interpreter (CI): one program, its NumPy vectorised over the whole image
         block, options = triton.next_power_of_2(h * w), {}
     _ycc_to_bgr[(triton.cdiv(h * w, block),)](
-        y_plane, cb, cr, out, h, w, -(-h // vs), -(-w // hs), y_plane.stride(0), cb.stride(0),
-        CR_R_=CR_R, CB_B_=CB_B, CR_G_=CR_G, CB_G_=CB_G, HALF=ONE_HALF, HS=hs, VS=vs, FANCY=-(-w // hs) > 2 or hs == 1,
+        y_plane, cb, cr, out, h, w, ch, cw, y_plane.stride(0), cb.stride(0),
+        CR_R_=CR_R, CB_B_=CB_B, CR_G_=CR_G, CB_G_=CB_G, HALF=ONE_HALF, HS=hs, VS=vs, FANCY=cw > 2 or hs == 1,
         GRAY=chroma is None, BLOCK_=block, num_warps=4, **options)

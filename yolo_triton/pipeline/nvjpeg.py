@@ -102,13 +102,13 @@ class Decoder:
         if status != 0:
             raise NvJpegError(call, status)
 
-    def info(self, data: bytes) -> tuple[int, int | None, list[tuple[int, int]]]:
-        """(components, nvjpegChromaSubsampling_t, [(height, width) per component])."""
+    def info(self, data: bytes) -> tuple[int, list[tuple[int, int]]]:
+        """(nvjpegChromaSubsampling_t, [(height, width) per component])."""
         n, css = ctypes.c_int(), ctypes.c_int()
         widths, heights = (ctypes.c_int * MAX_COMPONENT)(), (ctypes.c_int * MAX_COMPONENT)()
         self._check("nvjpegGetImageInfo", self._lib.nvjpegGetImageInfo(
             self._handle, data, len(data), ctypes.byref(n), ctypes.byref(css), widths, heights))
-        return n.value, css.value, [(heights[c], widths[c]) for c in range(n.value)]
+        return css.value, [(heights[c], widths[c]) for c in range(n.value)]
 
     def planes(self, data: bytes, dims: list[tuple[int, int]]) -> list[torch.Tensor]:
         """The components of `data` as (height, width) uint8 views on the GPU, `dims` from `info`

@@ -42,8 +42,9 @@ class GpuJpeg:
         orientation); None where nvJPEG reads the file otherwise than its header says (the host
         decodes it then); InputError where nvJPEG cannot decode it."""
         try:
-            _, css, dims = self._nvjpeg.info(data)
-            if nvjpeg.SUBSAMPLING.get(css, False) != header.chroma or dims != _plane_dims(header):
+            css, dims = self._nvjpeg.info(data)
+            want = jpeg_kernels.plane_dims(header.height, header.width, header.chroma)
+            if nvjpeg.SUBSAMPLING.get(css, False) != header.chroma or dims != want:
                 return None
             planes = self._nvjpeg.planes(data, dims)
         except nvjpeg.NvJpegError as e:
@@ -67,10 +68,11 @@ class GpuJpeg:
         files.append(cv2.imencode(".jpg", frame[:64, :64, 0])[1])
         worst = 0
         for data in (f.tobytes() for f in files):
-            image = self.decode(data, encoded.read_header(data, 0), 0)
+            header = encoded.read_header(data, 0)
+            image = self.decode(data, header, 0)
             if image is None:
                 raise RuntimeError("nvJPEG reads its own test image otherwise than its header says")
-            want = torch.from_numpy(encoded.decode(data, encoded.read_header(data, 0), 0)).to(self.device)
+            want = torch.from_numpy(encoded.decode(data, header, 0)).to(self.device)
             worst = max(worst, int((image.int() - want.int()).abs().max()))
         torch.cuda.synchronize(self.device)
         return worst
@@ -109,15 +111,6 @@ def gpu_jpeg_or_none(device: torch.device, wanted: bool) -> tuple[GpuJpeg | None
         return None, (f"JPEG: decoded on the host, the GPU decoder's pixels were {worst} grey levels off "
                       f"OpenCV's (at most {MAX_LEVELS_OFF} allowed)")
     return gpu, f"JPEG: nvJPEG planes + libjpeg-turbo's upsampling on the GPU, {worst} grey levels off OpenCV at load"
-
-
-def _plane_dims(header: encoded.Header) -> list[tuple[int, int]]:
-    """(height, width) of each component plane of a JPEG the GPU decodes, as libjpeg sizes them."""
-    luma = (header.height, header.width)
-    if header.chroma is None:
-        return [luma]
-    hs, vs = header.chroma
-    return [luma] + [(-(-header.height // vs), -(-header.width // hs))] * 2
 
 
 def decode_all(files: Sequence[bytes], device: torch.device, gpu: GpuJpeg | None = None) -> list[torch.Tensor]:
