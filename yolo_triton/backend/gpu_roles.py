@@ -35,6 +35,19 @@ class _GpuRole:
         self.device = gpu_tensors.gpu_device(pb_utils, margs.device_id, margs.name)
         self.io = gpu_tensors.TorchIO()
         self.pb = pb_utils
+
+    @staticmethod
+    def synchronized(batch: Requests, results: list, outputs: tuple, device: torch.device) -> None:
+        """Outputs complete before Triton reads them."""
+        torch.cuda.current_stream(device).synchronize()
+        batch.answer(results, outputs)
+
+
+class _ImageRole(_GpuRole):
+    """A GPU role that takes images (the staged preprocess, the fused pipeline): IMAGE or IMAGE_BYTES."""
+
+    def __init__(self, margs: ModelArgs, pb_utils: ModuleType) -> None:
+        super().__init__(margs, pb_utils)
         # JPEG on the GPU unless the config sets "nvjpeg": "0" (torch_encoded.GpuJpeg: nvJPEG's
         # planes finished with libjpeg-turbo's arithmetic). Checked against OpenCV at load, before
         # any CUDA graph of this process is captured; the host decodes where the check fails (the
@@ -53,14 +66,8 @@ class _GpuRole:
         # BYTES never leave the host (no DLPack for them): the stub's NumPy object array.
         return torch_encoded.decode_all(encoded.images_of(t.as_numpy()), self.device, self.jpeg)
 
-    @staticmethod
-    def synchronized(batch: Requests, results: list, outputs: tuple, device: torch.device) -> None:
-        """Outputs complete before Triton reads them."""
-        torch.cuda.current_stream(device).synchronize()
-        batch.answer(results, outputs)
 
-
-class Preprocess(_GpuRole):
+class Preprocess(_ImageRole):
     """Staged step 1 on the GPU: the letterbox kernel, one launch per request, into FP32 `images`."""
 
     stages = ("preprocess",)
@@ -168,7 +175,7 @@ class Postprocess(_GpuRole):
         return sum(sizes)
 
 
-class GpuPipelineRole(_GpuRole):
+class GpuPipelineRole(_ImageRole):
     """The fused GPU model, run by `pipeline.gpu.GpuPipeline`: images are letterboxed straight into
     the CUDA graph's FP16 input, the network replays, one batched NMS runs for every image; the
     requests' options are read and checked while the GPU runs the network."""

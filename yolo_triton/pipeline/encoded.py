@@ -32,7 +32,9 @@ _OTHER_FORMATS = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*
                   (b"\0\0\0\x0cjP  ", "JPEG 2000"), (b"qoif", "QOI"), (b"\0\0\1\0", "ICO"))
 # JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_NVJPEG_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman: what the GPU decodes
+# Sequential Huffman (baseline, extended): what the GPU decodes. Progressive files go to the host:
+# nvJPEG's pixels for them were up to 3 grey levels off libjpeg-turbo's (an H100, 2026-12-07).
+_NVJPEG_SOF = {0xC0, 0xC1}
 # EXIF orientation -> (transpose first, then flip rows, flip columns): all eight as one table.
 ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
     1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
@@ -48,7 +50,7 @@ class Header:
     width: int  # as stored (before the EXIF orientation)
     height: int
     orientation: int = 1  # EXIF orientation, 1..8 (1: as stored)
-    # A JPEG the GPU decoder takes (torch_encoded): 8-bit Huffman, greyscale or YCbCr, with chroma
+    # A JPEG the GPU decoder takes (torch_encoded): 8-bit sequential Huffman, greyscale or YCbCr, with chroma
     # `chroma` = (hs, vs), luma samples per chroma sample across and down, each 1 or 2 (None: grey).
     nvjpeg: bool = False
     chroma: tuple[int, int] | None = None
@@ -157,7 +159,7 @@ _HOST_ONLY = (False, None)
 
 def _gpu_decodable(frame: bytes, jfif: bool, adobe_transform: int) -> tuple[bool, tuple[int, int] | None]:
     """Whether the GPU decoder takes a JPEG frame (its SOF marker, then the segment), and its
-    chroma factors (None: greyscale). Left to the host: other precisions and codings, RGB and CMYK
+    chroma factors (None: greyscale). Left to the host: progressive files, other precisions and codings, RGB and CMYK
     files, and subsamplings other than full, half width, half height or both.
     Colour space as libjpeg-turbo guesses it: YCbCr with a JFIF marker, else what an Adobe marker's
     transform says, else RGB only for component ids 'R', 'G', 'B'."""
