@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -130,6 +132,34 @@ def test_shared_memory_input_gives_the_same_detections(server, client):
         assert len(batch) == 2 and len(batch[0].scores) == len(batch[1].scores) > 0
     status = client.client.get_system_shared_memory_status(as_json=True, headers=server.headers)
     assert not status.get("regions"), "the client unregisters its region on close"
+
+
+def test_a_region_released_while_a_request_holds_it_is_unregistered_after_the_answer(server, client):
+    """Triton refuses to unregister a region a request still holds ("currently in use"); release
+    waits that out instead of leaving the region registered on the server for good."""
+    from yolo_triton.client.detector import OUTPUTS, ShmRegion, build_inputs, parse_outputs
+
+    image = next(iter(sample_images().values()))
+    images = np.stack([image] * 32)  # an execute long enough to still be running at the release
+    region = ShmRegion.create(client.client, images.nbytes, client.headers)
+    answered = threading.Event()
+    got: list = []
+
+    def done(result, error) -> None:  # noqa: ANN001 - tritonclient's callback arguments
+        got.append(error if error is not None else parse_outputs(result))
+        answered.set()
+
+    client.client.async_infer(client.model, build_inputs(images, image_input=region.input(images)), done,
+                              outputs=OUTPUTS, client_timeout=120)
+    time.sleep(0.2)  # the request has reached the server and holds the region
+    region.release(client.client, wait_s=60)
+    assert answered.wait(120)
+    assert not isinstance(got[0], Exception), got[0]
+    want = client.detect(image).detections
+    for det in got[0]:
+        assert_same_detections(det, want.boxes, want.scores, want.classes, iou_min=0.99, score_tol=1e-3)
+    status = client.client.get_system_shared_memory_status(as_json=True, headers=server.headers)
+    assert region.name not in status.get("regions", {}), "released while in use, the region stays registered"
 
 
 def test_shared_memory_region_holds_exactly_the_images_written(client):

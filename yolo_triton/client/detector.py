@@ -11,6 +11,7 @@ message. Images and thresholds are checked here first, so bad input never leaves
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from yolo_triton.pipeline.nms import Detections
 from yolo_triton.pipeline.postprocess import unpad
 from yolo_triton.pipeline.validation import check_images, check_thresholds
 from yolo_triton.serve import keys
+
+_log = logging.getLogger(__name__)
 
 
 def retryable(status: str | None, message: str) -> bool:
@@ -173,12 +176,31 @@ class ShmRegion:
         inp.set_shared_memory(self.name, images.nbytes)
         return inp
 
-    def release(self, client: grpcclient.InferenceServerClient) -> None:
-        import contextlib
+    def release(self, client: grpcclient.InferenceServerClient, wait_s: float = 5.0) -> None:
+        """Unregister the region, then unmap and unlink it.
 
+        Triton refuses to unregister a region that a request still holds ("it is currently in
+        use"), and a request holds it for a moment after its answer has reached the client: a
+        client closed right after its last answer had its region refused (seen once in CI), and
+        the server kept it registered and mapped for good. That refusal is retried for up to
+        `wait_s`. A server that is gone needs nothing unregistered; any other refusal is logged."""
         shm = _shm_module()
-        with contextlib.suppress(Exception):  # the server may be gone already; the region is ours to free
-            client.unregister_system_shared_memory(self.name, headers=self.headers)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                client.unregister_system_shared_memory(self.name, headers=self.headers)
+                break
+            except InferenceServerException as e:
+                message = str(e.message())
+                if "in use" in message and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                if e.status() != "StatusCode.UNAVAILABLE":
+                    _log.warning("shared-memory region %s stays registered with the server: %s", self.name, message)
+                break
+            except Exception as e:  # noqa: BLE001 - a closed channel, say: the mapping is still ours to free
+                _log.warning("shared-memory region %s: unregistering failed: %s", self.name, e)
+                break
         self.view = None  # unmapped next: a write through it would crash the process
         shm.destroy_shared_memory_region(self.handle)
 
