@@ -610,6 +610,30 @@ def test_gpu_ensemble_answers_any_size_and_batches(server, facts, model):
         assert len(c.detect(image, conf=0.05, max_det=1).detections.scores) <= 1
 
 
+def _sent_at_once(client: InferenceServerClient, model: str, requests: list[list]) -> dict[int, nms.Detections | str]:
+    """Every request sent before any answer is awaited (asynchronously, from one client), so that
+    they queue and the batcher groups them: each answer by its request's index, its detections or
+    the error's text."""
+    answers: dict[int, nms.Detections | str] = {}
+    all_in = threading.Event()
+
+    def done(k: int, result, error) -> None:  # noqa: ANN001 - tritonclient's callback arguments
+        answers[k] = str(error) if error is not None else parse_outputs(result)[0]
+        if len(answers) == len(requests):
+            all_in.set()
+
+    for k, inputs in enumerate(requests):
+        client.async_infer(model, inputs, functools.partial(done, k), outputs=OUTPUTS, client_timeout=60)
+    assert all_in.wait(120), f"{len(requests) - len(answers)} requests unanswered"
+    return answers
+
+
+def _executions(url: str, model: str) -> int:
+    """The model's execution count so far (Triton leaves a zero out of its statistics)."""
+    with DetectorClient(url) as c:
+        return int(c.model_stats(model)["model_stats"][0].get("execution_count", 0))
+
+
 @needs_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", GPU_MODELS)
@@ -618,33 +642,19 @@ def test_gpu_concurrent_mixed_sizes_equal_single_requests(server, model):
     images += [np.ascontiguousarray(im[: im.shape[0] // 2]) for im in images]
     alone = [_served(server.url, model, im) for im in images]
     stats_of = GPU.detector if model == GPU.ensemble else FUSED.pipeline
-    with DetectorClient(server.url) as c:
-        before = c.model_stats(stats_of)["model_stats"][0]
-    # All sent at once, so that the batcher must group them: sent from a thread each, through a
-    # client each, the fused model's two instances served every request alone (an H100).
+    before = _executions(server.url, stats_of)
+    # All sent at once: sent from a thread each, through a client each, the fused model's two
+    # instances served every request alone (an H100).
     count = 8 * len(images)
-    answers: dict[int, nms.Detections | str] = {}
-    all_in = threading.Event()
-
-    def done(k: int, result, error) -> None:  # noqa: ANN001 - tritonclient's callback arguments
-        answers[k] = str(error) if error is not None else parse_outputs(result)[0]
-        if len(answers) == count:
-            all_in.set()
-
     client = InferenceServerClient(server.url)
     try:
-        requests = [build_inputs(images[k % len(images)][None]) for k in range(count)]
-        for k, inputs in enumerate(requests):
-            client.async_infer(model, inputs, functools.partial(done, k), outputs=OUTPUTS, client_timeout=60)
-        assert all_in.wait(120), f"{count - len(answers)} requests unanswered"
+        answers = _sent_at_once(client, model, [build_inputs(images[k % len(images)][None]) for k in range(count)])
     finally:
         client.close()
     for k, got in sorted(answers.items()):
         assert not isinstance(got, str), f"request {k} refused: {got}"
         assert_fp16_twins(got, alone[k % len(images)])  # other batch sizes replay other graphs, compiled apart
-    with DetectorClient(server.url) as c:
-        after = c.model_stats(stats_of)["model_stats"][0]
-    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))  # zero is left out
+    executions = _executions(server.url, stats_of) - before
     assert executions < count, f"never batched: {executions} executions for {count} requests"
 
 
@@ -667,16 +677,7 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
     alone = [_served(server.url, FUSED.ensemble, im) for im in images]
     bad = [({"conf": 1.5}, "CONF_THRESHOLD"), ({"max_det": 0}, "MAX_DETECTIONS"), ({"iou": float("nan")}, "IOU")]
     count = 48
-    answers: dict[int, nms.Detections | str] = {}
-    all_in = threading.Event()
-
-    def done(k: int, result, error) -> None:  # noqa: ANN001 - tritonclient's callback arguments
-        answers[k] = str(error) if error is not None else parse_outputs(result)[0]
-        if len(answers) == count:
-            all_in.set()
-
-    with DetectorClient(server.url) as c:
-        before = c.model_stats(FUSED.pipeline)["model_stats"][0]
+    before = _executions(server.url, FUSED.pipeline)
     client = InferenceServerClient(server.url)
     regions = [ShmRegion.create(client, im.nbytes, server.headers) for im in images]
     try:
@@ -684,9 +685,7 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
         good = {"conf": spec.DEFAULT_CONF, "iou": spec.DEFAULT_IOU, "max_det": spec.DEFAULT_MAX_DET}
         requests = [build_inputs(images[k % len(images)][None], image_input=shared[k % len(images)],
                                  **(good | (bad[k % len(bad)][0] if k % 2 else {}))) for k in range(count)]
-        for k, inputs in enumerate(requests):
-            client.async_infer(FUSED.ensemble, inputs, functools.partial(done, k), outputs=OUTPUTS, client_timeout=60)
-        assert all_in.wait(120), f"{count - len(answers)} requests unanswered"
+        answers = _sent_at_once(client, FUSED.ensemble, requests)
     finally:
         for region in regions:
             region.release(client)
@@ -697,9 +696,7 @@ def test_gpu_fused_answers_the_good_requests_of_a_batch_with_bad_options(server,
         else:
             assert not isinstance(got, str), f"request {k} refused: {got}"
             assert_fp16_twins(got, alone[k % len(images)])  # another image's boxes leaking in would have no twin
-    with DetectorClient(server.url) as c:
-        after = c.model_stats(FUSED.pipeline)["model_stats"][0]
-    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))  # zero is left out
+    executions = _executions(server.url, FUSED.pipeline) - before
     assert executions < count, f"never batched: {executions} executions for {count} requests"
 
 

@@ -1,7 +1,7 @@
 """Encoded images decoded for the GPU models: JPEG on the GPU (nvJPEG's planes, finished as
 libjpeg-turbo finishes them, within MAX_LEVELS_OFF of OpenCV's pixels or not used); PNG, WebP and
-the JPEGs the GPU path does not take (RGB or CMYK, 12-bit, arithmetic-coded, unusual subsampling)
-by OpenCV on the host.
+the JPEGs the GPU path does not take (progressive, RGB or CMYK, 12-bit, arithmetic-coded, unusual
+subsampling) by OpenCV on the host.
 
 Headers are checked first for every file of the request (pipeline.encoded: format, limits,
 truncation), so nothing is decoded for a request that is refused. The result is what the IMAGE
