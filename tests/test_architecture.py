@@ -18,6 +18,7 @@ from conftest import ROOT, sample_images
 from yolo_triton import spec
 from yolo_triton.backend import metrics as stage_metrics
 from yolo_triton.client.detector import DetectorClient
+from yolo_triton.serve import launcher
 from yolo_triton.serve.launcher import Server
 
 
@@ -107,6 +108,30 @@ def test_a_copy_of_the_built_repository_serves_from_another_folder(repo, tmp_pat
     np.testing.assert_array_equal(got.classes, want.classes)
     np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
     assert len(got.scores) > 0
+
+
+def test_every_python_model_has_answered_once_before_the_server_is_ready(repo):
+    """Triton's warm-up request (`model_warmup`) runs each python model's first execute() at load,
+    on every instance, so no client request is the first: before any client, each has answered one
+    request per instance, and a client's request comes after them. On a GPU machine the GPU
+    variants' models are checked too."""
+    keys = ["ort", "ort_fused", *(["gpu", "gpu_fused"] if launcher.gpu_available() else [])]
+    variants = [spec.variant(k) for k in keys]
+    python = [m for v in variants for m in ((v.pipeline,) if v.fused else (v.preprocess, v.detector, v.postprocess))]
+    fused = spec.variant("ort_fused")
+    with Server(repo, only=keys) as s, DetectorClient(s.url, model=fused.ensemble, timeout_s=60) as c:
+        def answered(model: str) -> tuple[int, int]:
+            st = c.model_stats(model)["model_stats"][0]
+            return int(st.get("execution_count", 0)), int(st["inference_stats"]["success"].get("count", 0))
+
+        def instances(model: str) -> int:
+            groups = c.client.get_model_config(model, as_json=True)["config"]["instance_group"]
+            return sum(int(g.get("count", 1)) for g in groups)
+
+        assert {m: answered(m) for m in python} == {m: (instances(m),) * 2 for m in python}
+        assert answered(fused.ensemble) == (0, 0), "the warm-up runs inside the server, not through an ensemble"
+        assert len(c.detect(next(iter(sample_images().values()))).detections.scores) > 0
+        assert answered(fused.pipeline) == (2, 2)
 
 
 def test_the_console_command_lists_its_subcommands():

@@ -156,3 +156,35 @@ def test_python_models_find_the_artefact_their_config_names(repo, facts):
     assert args(spec.variant("gpu").detector).enabled("torch_compile")
     with pytest.raises(FileNotFoundError, match="missing: run `make build-engines`"):
         ModelArgs(args("pipeline_ort").config, {"artefact": "absent.onnx"}, repo / "x" / "1").existing_artefact()
+
+
+def test_every_model_but_the_ensembles_is_warmed_up_with_a_valid_request(repo, facts):
+    """One request of one image at load, at concrete dims the model accepts: the warm-up frame
+    where it takes images, zeros for the network's tensors, and the frame's own LETTERBOX row
+    from the file beside the config (zeros are no letterbox)."""
+    import numpy as np
+
+    from yolo_triton.pipeline import geometry
+
+    frame_row = geometry.plan(spec.WARMUP_FRAME[0], spec.WARMUP_FRAME[1], facts.imgsz).as_array()
+    for name, cfg in _configs(repo).items():
+        if cfg.platform == "ensemble":
+            assert not cfg.model_warmup, name
+            continue
+        [warm] = cfg.model_warmup
+        assert warm.batch_size == 1, name
+        inputs = {i.name: i for i in cfg.input}
+        required = {n for n, i in inputs.items() if not i.optional}
+        assert required <= set(warm.inputs) <= set(inputs), name
+        for key, w in warm.inputs.items():
+            assert w.data_type == inputs[key].data_type and all(d > 0 for d in w.dims), (name, key)
+            assert all(c in (-1, d) for c, d in zip(inputs[key].dims, w.dims, strict=True)), (name, key)
+            if key == spec.IMAGE.name:
+                assert tuple(w.dims) == spec.WARMUP_FRAME and w.zero_data
+            elif key == spec.LETTERBOX.name:
+                data = np.fromfile(repo / name / repository.WARMUP_DIR / w.input_data_file, np.float32)
+                np.testing.assert_array_equal(data, np.asarray(frame_row, np.float32))
+            else:
+                assert w.zero_data, (name, key)
+        takes_images = spec.IMAGE.name in inputs
+        assert takes_images == (spec.IMAGE.name in warm.inputs), f"{name}: a model that takes images is warmed with one"

@@ -93,6 +93,11 @@ QUEUED_MODELS = "pipeline_.*|detector_.*"  # regex on the `model` label: the mod
 QUEUE_PER_REQUEST_RULE = "yolo_triton:queue_us_per_request"  # Prometheus recording rule, per replica
 QUEUE_PER_REQUEST_METRIC = "triton_queue_us_per_request"  # what prometheus-adapter serves the HPA
 
+# A black VGA frame: what each stage object runs once in initialize (CUDA graphs, ONNX Runtime's
+# lazy set-up) and what Triton sends every python model once more at load (`model_warmup`), so
+# that no client request pays for a first execute() (docs/architecture.md).
+WARMUP_FRAME = (480, 640, 3)
+
 # Bounds that keep one request from exhausting the server (see validation.py).
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 40_000_000

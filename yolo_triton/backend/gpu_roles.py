@@ -76,7 +76,7 @@ class Preprocess(_ImageRole):
         super().__init__(margs, pb_utils)
         self.size = margs.imgsz
         with torch.inference_mode():  # first-call CUDA kernel loading happens here, not in a request
-            frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=self.device)
+            frame = torch.zeros((1, *spec.WARMUP_FRAME), dtype=torch.uint8, device=self.device)
             torch_letterbox.letterbox_batch(frame, self.size)
         torch.cuda.synchronize(self.device)
 

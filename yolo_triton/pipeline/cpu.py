@@ -90,7 +90,7 @@ class CpuPipeline:
         self.letterbox = Letterbox(imgsz)
         self.network = OrtNetwork(onnx, imgsz)
         self.decode = Decode()
-        self([np.zeros((1, 480, 640, 3), np.uint8)], [[(spec.DEFAULT_CONF, spec.DEFAULT_IOU, 10)]], [[False]])
+        self([np.zeros((1, *spec.WARMUP_FRAME), np.uint8)], [[(spec.DEFAULT_CONF, spec.DEFAULT_IOU, 10)]], [[False]])
 
     def __call__(
         self, batches: Sequence[np.ndarray], limits: Sequence[Limits], multi: Sequence[list[bool]],

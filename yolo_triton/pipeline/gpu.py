@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolo_triton import spec
 from yolo_triton.pipeline import torch_decode, torch_letterbox, torch_network, torch_nms
 from yolo_triton.pipeline.postprocess import pad_batch
 from yolo_triton.pipeline.protocol import Limits
@@ -56,7 +57,7 @@ class GpuPipeline:
             # Every eager op runs once before any graph is captured: first calls load kernels and
             # create library handles and workspaces, and in one process with captured graphs that
             # lazy set-up coincided with replays returning NaN (H200, torch 2.11).
-            frame = torch.zeros((1, 480, 640, 3), dtype=torch.uint8, device=device)
+            frame = torch.zeros((1, *spec.WARMUP_FRAME), dtype=torch.uint8, device=device)
             pixels = torch.empty((2, 3, imgsz, imgsz), dtype=torch.float16, device=device)
             rows = torch_letterbox.letterbox_many([frame, frame], pixels)
             raw = net(pixels).float()

@@ -17,18 +17,27 @@ Batching choices (why the numbers are what they are):
   execute() takes them all.
 - One instance per CPU step: ONNX Runtime already uses every core for one batch, and more
   instances would only contend for them.
+
+Every model but the ensembles is warmed up at load (`model_warmup`). The stage objects run
+themselves once in initialize, yet on the 2-core CPU a python model's first request still took
+28-59 ms more compute than its second, most of it outside execute() (the python backend's first
+round trip); the first client request paid for it until Triton sent one itself (3-18 ms more
+since; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from yolo_triton import spec
+from yolo_triton.pipeline import geometry
 from yolo_triton.repository.facts import FACTS_FILE, STRIDES, ModelFacts, read_facts  # noqa: F401 - re-exported
 
 _DTYPES = {
@@ -45,6 +54,7 @@ DETECTOR_QUEUE_DELAY_US = 2000
 # the dynamic batcher forms under moderate load (max is spec.MAX_BATCH, min 1).
 TRT_OPT_BATCH = 8
 ORT_TRT_CACHE_DIR = "/tmp/yolo_triton_trt_cache"  # inside the serving container; ORT creates the last level
+WARMUP_DIR = "warmup"  # the model folder's sub-folder Triton reads warm-up input files from
 
 
 def _tensor(msg: mc.ModelInput | mc.ModelOutput, t: spec.TensorSpec) -> None:
@@ -139,7 +149,24 @@ def python_config(model: spec.ModelSpec, role: str, device: str, facts: ModelFac
         if role in ("preprocess", "pipeline"):  # the steps that decode IMAGE_BYTES
             for key, value in spec.GPU_JPEG.items():
                 cfg.parameters[key].string_value = value
+    _warmup(cfg, _warmup_inputs(model, facts))
     return cfg
+
+
+def _warmup_inputs(model: spec.ModelSpec, facts: ModelFacts) -> list[spec.TensorSpec]:
+    """A python model's warm-up request, at concrete dims: the warm-up frame where it takes
+    images, zeros as the network's input or output, the frame's own LETTERBOX row (`warmup_files`)."""
+    concrete = {spec.IMAGE.name: spec.IMAGE.with_dims(spec.WARMUP_FRAME),
+                spec.PIXELS.name: spec.PIXELS.with_dims((3, facts.imgsz, facts.imgsz)),
+                spec.RAW.name: spec.RAW.with_dims((facts.num_outputs, facts.num_anchors))}
+    return [concrete.get(t.name, t) for t in model.inputs if t.name in concrete or not t.optional]
+
+
+def warmup_files(facts: ModelFacts) -> dict[str, bytes]:
+    """Warm-up inputs that zeros would not make valid, by input name: the LETTERBOX row of the
+    warm-up frame at this input size (written into each model's WARMUP_DIR, row-major bytes)."""
+    row = geometry.plan(spec.WARMUP_FRAME[0], spec.WARMUP_FRAME[1], facts.imgsz).as_array()
+    return {spec.LETTERBOX.name: np.asarray(row, np.float32).tobytes()}
 
 
 def _graph_sizes(runtime: spec.Runtime) -> tuple[int, ...]:
@@ -195,7 +222,7 @@ def detector_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
     for key, value in r.params.items():
         cfg.parameters[key].string_value = value
     _network_params(cfg, facts)
-    _warmup(cfg, model.inputs[0])
+    _warmup(cfg, model.inputs)
     return cfg
 
 
@@ -209,13 +236,18 @@ def fused_config(v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
     return cfg
 
 
-def _warmup(cfg: mc.ModelConfig, t: spec.TensorSpec) -> None:
-    """Native backends run one zero batch at load, so the first client request is not slow."""
-    w = cfg.model_warmup.add(name="zeros", batch_size=1)
-    inp = w.inputs[t.name]
-    inp.data_type = _DTYPES[t.config_dtype]
-    inp.dims.extend(t.dims)
-    inp.zero_data = True
+def _warmup(cfg: mc.ModelConfig, inputs: Sequence[spec.TensorSpec]) -> None:
+    """One request of one image that Triton runs on every instance at load, before the model is
+    ready, so that no client request is the first: zeros, or the input's file (`warmup_files`)."""
+    w = cfg.model_warmup.add(name="first_request", batch_size=1)
+    for t in inputs:
+        inp = w.inputs[t.name]
+        inp.data_type = _DTYPES[t.config_dtype]
+        inp.dims.extend(t.dims)
+        if t.name == spec.LETTERBOX.name:
+            inp.input_data_file = t.name
+        else:
+            inp.zero_data = True
 
 
 def ensemble_config(name: str, v: spec.Variant, facts: ModelFacts) -> mc.ModelConfig:
@@ -322,10 +354,14 @@ from yolo_triton.backend.model import TritonPythonModel  # noqa: F401
 def write(root: Path, facts: ModelFacts) -> None:
     """Write every config, each python model's model.py, and the facts file."""
     root.mkdir(parents=True, exist_ok=True)
+    files = warmup_files(facts)
     for name, cfg in all_configs(facts).items():
         d = root / name
         (d / "1").mkdir(parents=True, exist_ok=True)
         _atomic_write(d / "config.pbtxt", render(cfg))
+        for inp in (i for w in cfg.model_warmup for i in w.inputs.values() if i.input_data_file):
+            (d / WARMUP_DIR).mkdir(exist_ok=True)
+            _atomic_write_bytes(d / WARMUP_DIR / inp.input_data_file, files[inp.input_data_file])
         if cfg.backend == "python":
             role, device = cfg.parameters["role"].string_value, cfg.parameters["device"].string_value
             model_py = d / "1" / "model.py"
@@ -364,7 +400,11 @@ def write_network_alias(root: Path, v: spec.Variant) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     tmp.replace(path)
 
