@@ -333,8 +333,12 @@ def variant(key: str) -> Variant:
     raise KeyError(f"unknown variant {key!r}; known: {', '.join(v.key for v in VARIANTS)}")
 
 
+def network_tensors(imgsz: int, num_outputs: int, num_anchors: int) -> tuple[TensorSpec, TensorSpec]:
+    """PIXELS and RAW at a checkpoint's concrete dims."""
+    return PIXELS.with_dims((3, imgsz, imgsz)), RAW.with_dims((num_outputs, num_anchors))
+
+
 def detector_spec(v: Variant, imgsz: int, num_outputs: int, num_anchors: int) -> ModelSpec:
     """The detector's interface for a given checkpoint: native backends check exact dims."""
-    pixels = PIXELS.with_dims((3, imgsz, imgsz))
-    raw = RAW.with_dims((num_outputs, num_anchors))
+    pixels, raw = network_tensors(imgsz, num_outputs, num_anchors)
     return ModelSpec(v.detector, v.backend, (pixels,), (raw,))

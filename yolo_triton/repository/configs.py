@@ -156,9 +156,8 @@ def python_config(model: spec.ModelSpec, role: str, device: str, facts: ModelFac
 def _warmup_inputs(model: spec.ModelSpec, facts: ModelFacts) -> list[spec.TensorSpec]:
     """A python model's warm-up request, at concrete dims: the warm-up frame where it takes
     images, zeros as the network's input or output, the frame's own LETTERBOX row (`warmup_files`)."""
-    concrete = {spec.IMAGE.name: spec.IMAGE.with_dims(spec.WARMUP_FRAME),
-                spec.PIXELS.name: spec.PIXELS.with_dims((3, facts.imgsz, facts.imgsz)),
-                spec.RAW.name: spec.RAW.with_dims((facts.num_outputs, facts.num_anchors))}
+    network = spec.network_tensors(facts.imgsz, facts.num_outputs, facts.num_anchors)
+    concrete = {t.name: t for t in (spec.IMAGE.with_dims(spec.WARMUP_FRAME), *network)}
     return [concrete.get(t.name, t) for t in model.inputs if t.name in concrete or not t.optional]
 
 
