@@ -294,7 +294,8 @@ GPU_EXTRA = {"cuda_graph_batches": CUDA_GRAPH_BATCHES, "torch_compile": "1"}
 # Instances of the fused GPU pipeline. Saturated, an execute of 64 images spends about a fifth of
 # its cycle in Triton's copies in and out (compute input and output), with the GPU idle; a second
 # stub runs its graphs meanwhile. Measured on an H100 in one run: 6131 img/s against 5599 with one
-# (0.52x against 0.47x the raw network's batch 64), and c1 no slower (docs/benchmarks.md).
+# (0.52x against 0.47x the raw network's batch 64), and c1 no slower. A third one, on an H200
+# in four alternating runs, stayed within the spread of two (0.48/0.46x against 0.43/0.47x).
 GPU_PIPELINE_INSTANCES = 2
 # The GPU models that decode IMAGE_BYTES (preprocess_gpu, pipeline_gpu) decode JPEG on the GPU
 # ("0": on the host). nvJPEG's planes are finished with libjpeg-turbo's arithmetic, and the result
