@@ -269,6 +269,20 @@ def test_forcing_encoded_on_a_file_that_is_not_encoded_says_so(server, tmp_path,
     assert "not JPEG, PNG or WebP" in capsys.readouterr().err
 
 
+def test_detect_cli_names_a_truncated_file_by_its_path_and_goes_on(server, tmp_path, capsys):
+    """The header checks the server makes run in the client too, before sending; their message
+    names the file, not the request's IMAGE_BYTES[0], and the next file is still served."""
+    cut, whole = tmp_path / "cut.jpg", tmp_path / "whole.jpg"
+    jpeg = encode(BUS, ".jpg")
+    cut.write_bytes(jpeg[: len(jpeg) // 2])
+    whole.write_bytes(jpeg)
+    assert detect.main(["--url", server.url, "--transport", "encoded", str(cut), str(whole)]) == 1
+    out = capsys.readouterr()
+    assert f"error: {cut}: truncated JPEG (no end-of-image marker after the scan)" in out.err
+    assert "IMAGE_BYTES" not in out.err
+    assert f"{whole}: {BUS.shape[1]}x{BUS.shape[0]}," in out.out
+
+
 def test_server_error_type_is_unchanged_for_encoded_requests(clients):
     """A refusal from the server reaches the caller as ServerError with the server's message."""
     with pytest.raises(ServerError, match=r"IMAGE_BYTES\[0\]: truncated JPEG"):

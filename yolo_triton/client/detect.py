@@ -57,7 +57,10 @@ def requests(client: DetectorClient, path: Path, how: str, address: str, args: a
         if not transport.is_encoded(data):
             raise InputError(f"{path}: not JPEG, PNG or WebP; --transport encoded sends files as they are: "
                              "use --transport pixels for other formats")
-        h, w = encoded.oriented_shape(encoded.read_header(data, 0))
+        try:  # the server's own header checks, here before the file is sent
+            h, w = encoded.oriented_shape(encoded.read_header(data, 0))
+        except encoded.EncodedImageError as e:
+            raise InputError(f"{path}: {e.why}") from None
         pixels = images.decode(data, str(path)) if need_pixels else None
         yield str(path), w, h, client.detect_encoded(data, *options), pixels, None
         return

@@ -56,8 +56,17 @@ class Header:
     chroma: tuple[int, int] | None = None
 
 
-def refuse(index: int, why: str) -> InputError:
-    return InputError(f"{NAME}[{index}]: {why}")
+class EncodedImageError(InputError):
+    """An encoded image refused: the message names it by its index in the request, as the server
+    reports it; `why` alone is for a client that names it by its file."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(f"{NAME}[{index}]: {why}")
+        self.index, self.why = index, why
+
+
+def refuse(index: int, why: str) -> EncodedImageError:
+    return EncodedImageError(index, why)
 
 
 def images_of(array: object) -> list[bytes]:
