@@ -269,6 +269,17 @@ def test_forcing_encoded_on_a_file_that_is_not_encoded_says_so(server, tmp_path,
     assert "not JPEG, PNG or WebP" in capsys.readouterr().err
 
 
+def test_a_refusal_keeps_its_reason_apart_from_the_index_it_names():
+    import pickle
+
+    with pytest.raises(encoded.EncodedImageError) as got:
+        encoded.read_header(b"\xff\xd8\xff", 4)
+    e = got.value
+    assert (e.index, str(e)) == (4, f"IMAGE_BYTES[4]: {e.why}") and e.why.startswith("truncated JPEG")
+    again = pickle.loads(pickle.dumps(e))
+    assert (type(again), again.index, again.why, str(again)) == (type(e), e.index, e.why, str(e))
+
+
 def test_detect_cli_names_a_truncated_file_by_its_path_and_goes_on(server, tmp_path, capsys):
     """The header checks the server makes run in the client too, before sending; their message
     names the file, not the request's IMAGE_BYTES[0], and the next file is still served."""

@@ -64,6 +64,9 @@ class EncodedImageError(InputError):
         super().__init__(f"{NAME}[{index}]: {why}")
         self.index, self.why = index, why
 
+    def __reduce__(self) -> tuple:  # pickled (a worker process's error) as it was built
+        return EncodedImageError, (self.index, self.why)
+
 
 def refuse(index: int, why: str) -> EncodedImageError:
     return EncodedImageError(index, why)
