@@ -55,6 +55,8 @@ DETECTOR_QUEUE_DELAY_US = 2000
 TRT_OPT_BATCH = 8
 ORT_TRT_CACHE_DIR = "/tmp/yolo_triton_trt_cache"  # inside the serving container; ORT creates the last level
 WARMUP_DIR = "warmup"  # the model folder's sub-folder Triton reads warm-up input files from
+# Warm-up inputs that zeros would not make valid, each sent from a file (`warmup_files`).
+WARMUP_FILE_INPUTS = (spec.LETTERBOX.name,)
 
 
 def _tensor(msg: mc.ModelInput | mc.ModelOutput, t: spec.TensorSpec) -> None:
@@ -162,10 +164,12 @@ def _warmup_inputs(model: spec.ModelSpec, facts: ModelFacts) -> list[spec.Tensor
 
 
 def warmup_files(facts: ModelFacts) -> dict[str, bytes]:
-    """Warm-up inputs that zeros would not make valid, by input name: the LETTERBOX row of the
-    warm-up frame at this input size (written into each model's WARMUP_DIR, row-major bytes)."""
+    """The bytes of each of WARMUP_FILE_INPUTS, by input name: the LETTERBOX row of the warm-up
+    frame at this input size (written into each model's WARMUP_DIR, row-major bytes)."""
     row = geometry.plan(spec.WARMUP_FRAME[0], spec.WARMUP_FRAME[1], facts.imgsz).as_array()
-    return {spec.LETTERBOX.name: np.asarray(row, np.float32).tobytes()}
+    files = {spec.LETTERBOX.name: np.asarray(row, np.float32).tobytes()}
+    assert files.keys() == set(WARMUP_FILE_INPUTS)
+    return files
 
 
 def _graph_sizes(runtime: spec.Runtime) -> tuple[int, ...]:
@@ -243,7 +247,7 @@ def _warmup(cfg: mc.ModelConfig, inputs: Sequence[spec.TensorSpec]) -> None:
         inp = w.inputs[t.name]
         inp.data_type = _DTYPES[t.config_dtype]
         inp.dims.extend(t.dims)
-        if t.name == spec.LETTERBOX.name:
+        if t.name in WARMUP_FILE_INPUTS:
             inp.input_data_file = t.name
         else:
             inp.zero_data = True
