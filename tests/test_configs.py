@@ -6,10 +6,12 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from yolo_triton import spec
+from yolo_triton.pipeline import geometry
 from yolo_triton.repository import configs as repository
 
 
@@ -162,10 +164,6 @@ def test_every_model_but_the_ensembles_is_warmed_up_with_a_valid_request(repo, f
     """One request of one image at load, at concrete dims the model accepts: the warm-up frame
     where it takes images, zeros for the network's tensors, and the frame's own LETTERBOX row
     from the file beside the config (zeros are no letterbox)."""
-    import numpy as np
-
-    from yolo_triton.pipeline import geometry
-
     frame_row = geometry.plan(spec.WARMUP_FRAME[0], spec.WARMUP_FRAME[1], facts.imgsz).as_array()
     for name, cfg in _configs(repo).items():
         if cfg.platform == "ensemble":
