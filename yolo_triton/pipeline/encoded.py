@@ -68,10 +68,6 @@ class EncodedImageError(InputError):
         return EncodedImageError, (self.index, self.why)
 
 
-def refuse(index: int, why: str) -> EncodedImageError:
-    return EncodedImageError(index, why)
-
-
 def images_of(array: object) -> list[bytes]:
     """The encoded files of one request's IMAGE_BYTES tensor ([batch, 1] of BYTES), bounds checked."""
     if not isinstance(array, np.ndarray) or array.dtype != object:
@@ -89,9 +85,10 @@ def read_header(data: bytes, index: int) -> Header:
     """Format and dimensions from the first bytes; InputError naming the image for anything that is
     not a complete JPEG/PNG/WebP within the IMAGE limits."""
     if not data:
-        raise refuse(index, "empty (0 bytes); expected an encoded JPEG, PNG or WebP file")
+        raise EncodedImageError(index, "empty (0 bytes); expected an encoded JPEG, PNG or WebP file")
     if len(data) > spec.MAX_ENCODED_BYTES:
-        raise refuse(index, f"{len(data)} bytes exceed the limit of {spec.MAX_ENCODED_BYTES} bytes per encoded image")
+        raise EncodedImageError(
+            index, f"{len(data)} bytes exceed the limit of {spec.MAX_ENCODED_BYTES} bytes per encoded image")
     if data[:3] == b"\xff\xd8\xff":
         header = _jpeg(data, index)
     elif data[:8] == PNG_SIGNATURE:
@@ -103,19 +100,20 @@ def read_header(data: bytes, index: int) -> Header:
         if not other and data[4:8] == b"ftyp":
             other = "HEIF/AVIF"
         if other:
-            raise refuse(index, f"unsupported format {other}; send JPEG, PNG or WebP")
-        raise refuse(index, f"not an image (starts with {data[:8].hex(' ')}); send an encoded JPEG, PNG or WebP file")
+            raise EncodedImageError(index, f"unsupported format {other}; send JPEG, PNG or WebP")
+        raise EncodedImageError(
+            index, f"not an image (starts with {data[:8].hex(' ')}); send an encoded JPEG, PNG or WebP file")
     if header.width < 1 or header.height < 1:
-        raise refuse(index, f"{header.format} header gives zero size {header.width}x{header.height}")
+        raise EncodedImageError(index, f"{header.format} header gives zero size {header.width}x{header.height}")
     w, h = header.width, header.height
     if max(w, h) > spec.MAX_IMAGE_SIDE or w * h > spec.MAX_IMAGE_PIXELS:
-        raise refuse(index, f"{header.format} of {w}x{h} exceeds the limit ({spec.MAX_IMAGE_SIDE} px per side, "
-                            f"{spec.MAX_IMAGE_PIXELS} px in all); refused before decoding")
+        raise EncodedImageError(index, f"{header.format} of {w}x{h} exceeds the limit ({spec.MAX_IMAGE_SIDE} px "
+                                       f"per side, {spec.MAX_IMAGE_PIXELS} px in all); refused before decoding")
     return header
 
 
 def _truncated(index: int, fmt: str, what: str) -> InputError:
-    return refuse(index, f"truncated {fmt} ({what}); send the whole file")
+    return EncodedImageError(index, f"truncated {fmt} ({what}); send the whole file")
 
 
 def _jpeg(data: bytes, index: int) -> Header:
@@ -128,7 +126,7 @@ def _jpeg(data: bytes, index: int) -> Header:
         if pos + 4 > len(data):
             raise _truncated(index, "JPEG", "ends inside its headers")
         if data[pos] != 0xFF:
-            raise refuse(index, f"corrupt JPEG: no marker at byte {pos}")
+            raise EncodedImageError(index, f"corrupt JPEG: no marker at byte {pos}")
         marker = data[pos + 1]
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             pos += 2
@@ -139,10 +137,10 @@ def _jpeg(data: bytes, index: int) -> Header:
             raise _truncated(index, "JPEG", f"segment FF{marker:02X} at byte {pos} runs past the end")
         if marker in _SOF and size is None:
             if len(body) < 6:
-                raise refuse(index, "corrupt JPEG: short frame header")
+                raise EncodedImageError(index, "corrupt JPEG: short frame header")
             h, w = struct.unpack_from(">HH", body, 1)
             if h == 0:
-                raise refuse(index, "unsupported JPEG: height given by a DNL marker")
+                raise EncodedImageError(index, "unsupported JPEG: height given by a DNL marker")
             size = (w, h)
             frame = bytes([marker]) + body
         elif marker == 0xE0 and body.startswith(b"JFIF\0"):
@@ -154,10 +152,10 @@ def _jpeg(data: bytes, index: int) -> Header:
         elif marker == 0xDA:  # start of scan: the header is over
             break
         elif marker == 0xD9:
-            raise refuse(index, "corrupt JPEG: end of image before any scan")
+            raise EncodedImageError(index, "corrupt JPEG: end of image before any scan")
         pos += 2 + length
     if size is None:
-        raise refuse(index, "corrupt JPEG: no frame header (SOFn) before the scan")
+        raise EncodedImageError(index, "corrupt JPEG: no frame header (SOFn) before the scan")
     # Entropy-coded data never holds FF D9 (FF is stuffed as FF 00): an EOI after the scan's start
     # is the file's end, and without one the file was cut (embedded thumbnails sit before the scan).
     if data.rfind(b"\xff\xd9", pos) < 0:
@@ -215,7 +213,7 @@ def _png(data: bytes, index: int) -> Header:
     if len(data) < 33:
         raise _truncated(index, "PNG", "ends inside its header")
     if data[12:16] != b"IHDR":
-        raise refuse(index, "corrupt PNG: first chunk is not IHDR")
+        raise EncodedImageError(index, "corrupt PNG: first chunk is not IHDR")
     w, h = struct.unpack_from(">II", data, 16)
     if data.rfind(b"IEND", 33) < 0:
         raise _truncated(index, "PNG", "no IEND chunk")
@@ -231,20 +229,20 @@ def _webp(data: bytes, index: int) -> Header:
     chunk = data[12:16]
     if chunk == b"VP8 ":
         if data[23:26] != b"\x9d\x01\x2a":
-            raise refuse(index, "corrupt WebP: bad VP8 start code")
+            raise EncodedImageError(index, "corrupt WebP: bad VP8 start code")
         w, h = (v & 0x3FFF for v in struct.unpack_from("<HH", data, 26))
     elif chunk == b"VP8L":
         if data[20] != 0x2F:
-            raise refuse(index, "corrupt WebP: bad VP8L signature")
+            raise EncodedImageError(index, "corrupt WebP: bad VP8L signature")
         bits = struct.unpack_from("<I", data, 21)[0]
         w, h = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     elif chunk == b"VP8X":
         if data[20] & 0x02:
-            raise refuse(index, "unsupported format: animated WebP; send one still frame")
+            raise EncodedImageError(index, "unsupported format: animated WebP; send one still frame")
         w = int.from_bytes(data[24:27], "little") + 1
         h = int.from_bytes(data[27:30], "little") + 1
     else:
-        raise refuse(index, f"corrupt WebP: unknown chunk {chunk!r}")
+        raise EncodedImageError(index, f"corrupt WebP: unknown chunk {chunk!r}")
     return Header("webp", w, h)
 
 
@@ -280,7 +278,7 @@ def decode(data: bytes, header: Header, index: int) -> np.ndarray:
     (IMREAD_IGNORE_ORIENTATION): `orient` applies it, the same way on every decoder."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
-        raise refuse(index, f"corrupt {header.format}: the decoder could not read it")
+        raise EncodedImageError(index, f"corrupt {header.format}: the decoder could not read it")
     check_decoded(image.shape[:2], header, index)
     return orient(image, header.orientation)
 
@@ -288,7 +286,7 @@ def decode(data: bytes, header: Header, index: int) -> np.ndarray:
 def check_decoded(hw: Sequence[int], header: Header, index: int) -> None:
     """The decoder must give what the header (which the limits were checked on) announced."""
     if (int(hw[0]), int(hw[1])) != (header.height, header.width):
-        raise refuse(index, f"corrupt {header.format}: header says {header.width}x{header.height}, "
+        raise EncodedImageError(index, f"corrupt {header.format}: header says {header.width}x{header.height}, "
                             f"data decodes to {hw[1]}x{hw[0]}")
 
 

@@ -48,7 +48,7 @@ class GpuJpeg:
                 return None
             planes = self._nvjpeg.planes(data, dims)
         except nvjpeg.NvJpegError as e:
-            raise encoded.refuse(index, f"corrupt jpeg: nvJPEG could not decode it ({e})") from None
+            raise encoded.EncodedImageError(index, f"corrupt jpeg: nvJPEG could not decode it ({e})") from None
         out = torch.empty((header.height, header.width, 3), dtype=torch.uint8, device=self.device)
         jpeg_kernels.ycc_to_bgr(planes, header.chroma, out)
         return out

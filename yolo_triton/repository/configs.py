@@ -55,8 +55,6 @@ DETECTOR_QUEUE_DELAY_US = 2000
 TRT_OPT_BATCH = 8
 ORT_TRT_CACHE_DIR = "/tmp/yolo_triton_trt_cache"  # inside the serving container; ORT creates the last level
 WARMUP_DIR = "warmup"  # the model folder's sub-folder Triton reads warm-up input files from
-# Warm-up inputs that zeros would not make valid, each sent from a file (`warmup_files`).
-WARMUP_FILE_INPUTS = (spec.LETTERBOX.name,)
 
 
 def _tensor(msg: mc.ModelInput | mc.ModelOutput, t: spec.TensorSpec) -> None:
@@ -163,13 +161,20 @@ def _warmup_inputs(model: spec.ModelSpec, facts: ModelFacts) -> list[spec.Tensor
     return [concrete.get(t.name, t) for t in model.inputs if t.name in concrete or not t.optional]
 
 
-def warmup_files(facts: ModelFacts) -> dict[str, bytes]:
-    """The bytes of each of WARMUP_FILE_INPUTS, by input name: the LETTERBOX row of the warm-up
-    frame at this input size (written into each model's WARMUP_DIR, row-major bytes)."""
+def _letterbox_row(facts: ModelFacts) -> bytes:
+    """The LETTERBOX row of the warm-up frame at this input size, row-major float32 bytes."""
     row = geometry.plan(spec.WARMUP_FRAME[0], spec.WARMUP_FRAME[1], facts.imgsz).as_array()
-    files = {spec.LETTERBOX.name: np.asarray(row, np.float32).tobytes()}
-    assert files.keys() == set(WARMUP_FILE_INPUTS)
-    return files
+    return np.asarray(row, np.float32).tobytes()
+
+
+# Warm-up inputs that zeros would not make valid, by input name: how each one's file is made.
+_WARMUP_FILE_MAKERS = {spec.LETTERBOX.name: _letterbox_row}
+WARMUP_FILE_INPUTS = tuple(_WARMUP_FILE_MAKERS)
+
+
+def warmup_files(facts: ModelFacts) -> dict[str, bytes]:
+    """The bytes of each of WARMUP_FILE_INPUTS, by input name (written into each model's WARMUP_DIR)."""
+    return {name: make(facts) for name, make in _WARMUP_FILE_MAKERS.items()}
 
 
 def _graph_sizes(runtime: spec.Runtime) -> tuple[int, ...]:
