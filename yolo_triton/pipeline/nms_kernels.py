@@ -142,6 +142,11 @@ def _overlap_words(
 
 
 @triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
 def _greedy_rows(
     mask_ptr, boxes_ptr, scores_ptr, classes_ptr, counts_ptr, options_ptr, out_ptr,
     K: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, OPT: tl.constexpr, ROW_: tl.constexpr,
@@ -166,21 +171,24 @@ def _greedy_rows(
     kept = tl.full([], 0, tl.int32)
     for cb in range(0, (n + 31) // 32):
         if kept < max_det:
-            # which members earlier blocks removed (one word of `removed`), then the block member by
-            # member; each kept member's row marks what it removes in later blocks
+            # The block's own word of each member's row comes in one load; which members earlier
+            # blocks removed is one word of `removed`. The block is then resolved member by member
+            # in registers, and the rows of its kept members are OR-ed into `removed` in one tile.
+            r = cb * 32 + lane
+            r_ok = r < n
+            rows = mask_ptr + (img * K + r) * W
+            diagonal = tl.load(rows + cb, mask=r_ok, other=0)
             gone = tl.sum(tl.where(words == cb, removed, 0), 0)
             keep_bits = tl.full([], 0, tl.int32)
             for m in tl.static_range(32):
-                i = cb * 32 + m
-                row = mask_ptr + (img * K + i) * W
-                word = tl.load(row + cb, mask=i < n, other=0)
-                later = tl.load(row + words, mask=(i < n) & (words > cb) & (words < W), other=0)
-                alive = (((gone >> m) & 1) == 0) & (i < n)
+                word = tl.sum(tl.where(lane == m, diagonal, 0), 0)  # one lane: the sum is its word
+                alive = (((gone >> m) & 1) == 0) & (cb * 32 + m < n)
                 keep_bits = keep_bits | tl.where(alive, one << m, 0)
                 gone = gone | tl.where(alive, word, 0)
-                removed = removed | tl.where(alive, later, 0)
-            r = cb * 32 + lane
             keep = ((keep_bits >> lane) & 1) != 0
+            later = tl.load(rows[:, None] + words[None, :],
+                            mask=keep[:, None] & (words[None, :] > cb) & (words[None, :] < W), other=0)
+            removed = removed | tl.reduce(later, 0, _bit_or)
             kept_here = keep.to(tl.int32)
             rank = kept + tl.cumsum(kept_here, 0) - 1
             write = keep & (rank < max_det)
@@ -231,7 +239,7 @@ def nms_table(
     if b == 0:
         return out
     exact = {"enable_fp_fusion": False} if raw.is_cuda else {}
-    _compact[(b,)](scores, options, index, counts, A=anchors, K=k, OPT=OPTIONS, CHUNK=1024, num_warps=4)
+    _compact[(b,)](scores, options, index, counts, A=anchors, K=k, OPT=OPTIONS, CHUNK=4096, num_warps=8)
     _rank[(b, w)](raw, scores, classes, index, counts, boxes, cand_scores, cand_classes, A=anchors, K=k,
                   RAW_IMAGE=rows * anchors, num_warps=4, **exact)
     _overlap_words[(b, w)](boxes, cand_classes, counts, options, mask, K=k, W=w, OPT=OPTIONS, MAX_WH_=float(MAX_WH),
