@@ -287,7 +287,7 @@ def check_decoded(hw: Sequence[int], header: Header, index: int) -> None:
     """The decoder must give what the header (which the limits were checked on) announced."""
     if (int(hw[0]), int(hw[1])) != (header.height, header.width):
         raise EncodedImageError(index, f"corrupt {header.format}: header says {header.width}x{header.height}, "
-                            f"data decodes to {hw[1]}x{hw[0]}")
+                                       f"data decodes to {hw[1]}x{hw[0]}")
 
 
 def decode_all(files: Sequence[bytes]) -> list[np.ndarray]:
