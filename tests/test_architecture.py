@@ -67,16 +67,19 @@ def test_every_python_model_publishes_its_stage_times_and_they_grow(server):
     before = stage_times(server, fused.pipeline)
     assert set(spec.STAGES) <= set(before), before
     assert all(before[s] > 0 for s in spec.STAGES), before
+    # Totals so far include other tests' refused requests (executions of no image), so the
+    # images-per-execution check is made on what this test sends next.
     executions = counts(server, spec.STAGE_EXECUTIONS_METRIC, fused.pipeline)
     images = counts(server, spec.STAGE_IMAGES_METRIC, fused.pipeline)
-    assert executions >= 2 and images >= executions
+    assert executions >= 2 and images >= 2
     for model, stage in staged.stages.items():
         assert stage_times(server, model).get(stage, 0) > 0, (model, stage)
     sent = send_for(server.url, spec.ALIAS, stage_metrics.FLUSH_S * 2.5)
     after = stage_times(server, fused.pipeline)
     assert all(after[s] > before[s] for s in spec.STAGES), (before, after)
-    assert counts(server, spec.STAGE_EXECUTIONS_METRIC, fused.pipeline) > executions
-    assert counts(server, spec.STAGE_IMAGES_METRIC, fused.pipeline) > images and sent > 0
+    more_executions = counts(server, spec.STAGE_EXECUTIONS_METRIC, fused.pipeline) - executions
+    more_images = counts(server, spec.STAGE_IMAGES_METRIC, fused.pipeline) - images
+    assert sent > 0 and more_executions > 0 and more_images >= more_executions, (sent, more_executions, more_images)
     network_share = (after["network"] - before["network"]) / sum(after[s] - before[s] for s in spec.STAGES)
     assert 0.2 < network_share < 1.0, network_share  # the network is most of a CPU request
     # What reporting costs is reported too: a few flushes a second, each a handful of updates.

@@ -158,6 +158,98 @@ def assert_same_answer(server, model: str, got, want, conf: float = spec.DEFAULT
         assert_same(got, want)
 
 
+# Files at the per-image limit (8192 x 4882, 40 M pixels): four fit in one request, five do not.
+AT_IMAGE_LIMIT = (spec.MAX_IMAGE_SIDE, spec.MAX_IMAGE_PIXELS // spec.MAX_IMAGE_SIDE)
+PER_REQUEST = spec.MAX_REQUEST_PIXELS // (AT_IMAGE_LIMIT[0] * AT_IMAGE_LIMIT[1])
+
+
+def test_a_request_whose_files_decode_past_the_request_limit_is_refused_from_their_headers():
+    files = [png_bomb(*AT_IMAGE_LIMIT)] * (PER_REQUEST + 1)
+    assert PER_REQUEST == 4 and len(b"".join(files)) < 4096  # a few hundred bytes each, 120 MB each decoded
+    encoded.read_headers(files[:PER_REQUEST])  # at the limit: accepted
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as err:
+            encoded.decode_all(files)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    total = (PER_REQUEST + 1) * AT_IMAGE_LIMIT[0] * AT_IMAGE_LIMIT[1]
+    assert str(err.value) == (f"IMAGE_BYTES: the request's 5 images decode to {total} pixels together, over the "
+                              f"limit of {spec.MAX_REQUEST_PIXELS} per request; send them in several requests")
+    assert peak < 1 << 20, f"{peak} bytes allocated for refused headers"
+
+
+def test_the_cpu_letterbox_decodes_one_file_at_a_time_and_refuses_only_a_file_that_does_not_decode():
+    """A batch of files holds one decoded image at a time (tracemalloc sees NumPy's allocations,
+    OpenCV's decoded images among them), and a file whose data fails after a good header is
+    answered with its error while the others get the pixels their decoded arrays get."""
+    from yolo_triton.pipeline import cpu
+
+    big = encode(np.full((2000, 3000, 3), 90, np.uint8), ".png")  # 18 MB decoded, a few KB sent
+    corrupt = BAD["corrupt-png-data"][0]
+    data = [big, JPEG, big, corrupt, big, big, big]
+    files = encoded.encoded_files(data)
+    assert [f.shape for f in files[:2]] == [(1, 2000, 3000, 3), (1, *BUS.shape)]
+    letterbox = cpu.Letterbox(320)  # its batch buffers are allocated here, before the count starts
+    tracemalloc.start()
+    try:
+        pixels, rows = letterbox(files)
+        got, peak = pixels.copy(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    decoded = 2000 * 3000 * 3
+    assert peak < 2 * decoded, f"{peak / decoded:.1f} decoded images held at once"
+    assert isinstance(rows[3], InputError) and str(rows[3]).startswith("IMAGE_BYTES[3]: corrupt png"), rows[3]
+    good = [i for i in range(len(data)) if i != 3]
+    want_pixels, want_rows = cpu.Letterbox(320)([cv2.imdecode(np.frombuffer(data[i], np.uint8), cv2.IMREAD_COLOR)[None]
+                                                 for i in good])
+    np.testing.assert_array_equal(got[good], want_pixels)
+    for i, want in zip(good, want_rows):
+        np.testing.assert_array_equal(rows[i], want)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_request_over_the_pixel_limit_is_refused_and_the_server_keeps_serving(server, clients, model):
+    raw = grpcclient.InferenceServerClient(server.url)
+    inp = grpcclient.InferInput(spec.IMAGE_BYTES.name, [PER_REQUEST + 1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[png_bomb(*AT_IMAGE_LIMIT)]] * (PER_REQUEST + 1), dtype=object))
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            raw.infer(model, [inp], outputs=OUTPUTS)
+    finally:
+        raw.close()
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT", err.value.message()
+    assert f"over the limit of {spec.MAX_REQUEST_PIXELS} per request" in err.value.message()
+    want = clients[model].detect(images.decode(JPEG)).detections
+    assert_same_answer(server, model, clients[model].detect_encoded(JPEG).detections, want)
+
+
+@pytest.mark.parametrize("variant", ["ort", "ort_fused"])
+def test_a_cpu_model_holds_one_decoded_file_at_a_time_while_serving_a_request_of_many(server, clients, variant):
+    """The python model that decodes (the staged preprocess, the fused pipeline) is measured itself:
+    its peak resident memory is reset (/proc/<pid>/clear_refs), then a request of six 4000x4000
+    PNGs (48 MB each decoded, 288 MB together, a few hundred KB sent) must raise it by less than
+    two and a half decoded images (decoding one briefly takes about two in OpenCV's PNG reader)."""
+    from test_faults import stub_of
+
+    v = spec.variant(variant)
+    stub = stub_of(server.proc.pid, v.pipeline or v.preprocess)
+    data = encode(np.full((4000, 4000, 3), 70, np.uint8), ".png")
+    decoded = 4000 * 4000 * 3
+
+    def status(field: str) -> int:
+        line = next(x for x in Path(f"/proc/{stub.pid}/status").read_text().splitlines() if x.startswith(field))
+        return int(line.split()[1]) * 1024
+
+    Path(f"/proc/{stub.pid}/clear_refs").write_text("5")  # VmHWM back to the current VmRSS
+    before = status("VmRSS:")
+    dets, _ = clients[v.ensemble].infer_encoded([data] * 6)
+    grown = status("VmHWM:") - before
+    assert len(dets) == 6
+    assert grown < 2.5 * decoded, f"peak grew by {grown / decoded:.1f} decoded images"
+
+
 SIZES = ((1080, 810), (480, 640), (333, 1000), (64, 48))
 
 
@@ -228,6 +320,8 @@ def test_a_request_with_both_image_inputs_or_only_options_is_refused(server, mod
 def test_the_client_refuses_bad_files_before_sending(clients):
     with pytest.raises(InputError, match=r"IMAGE_BYTES\[1\]: .*exceeds the limit"):
         clients[spec.ALIAS].infer_encoded([JPEG, png_bomb()])
+    with pytest.raises(InputError, match="over the limit of .* per request"):
+        clients[spec.ALIAS].infer_encoded([png_bomb(*AT_IMAGE_LIMIT)] * (PER_REQUEST + 1))
 
 
 # --- the client's transport ------------------------------------------------------------------------

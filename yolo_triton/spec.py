@@ -107,6 +107,11 @@ MAX_BATCH = 64
 # pixel limits above, read from the file's header before anything is decoded.
 ENCODED_FORMATS = ("jpeg", "png", "webp")
 MAX_ENCODED_BYTES = 32 << 20
+# IMAGE_BYTES: the most pixels one request's files may decode to together, also read from their
+# headers first. A request of pixels holds what it sent; one of files holds up to a thousand times
+# its size once decoded (64 small PNGs of 40 M pixels each: 8 MB sent, 7.7 GB decoded, 30 s of
+# decoding). 64 frames of 1920x1080 fit (133 M), as do four images at the per-image limit.
+MAX_REQUEST_PIXELS = 160_000_000
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 A request sends its images once: both inputs, or neither, is an InputError saying so. Pixels come
 as one batch of one size; encoded files decode to images of any sizes, so a request's images are
-handed on as "pieces" (batches of one size: the pixel batch, or one decoded image each), which the
-stage objects take like requests. `flatten` and `regroup` cut a batch of requests into pieces and
+handed on as "pieces" (batches of one size: the pixel batch, or one file each), which the stage
+objects take like requests. `flatten` and `regroup` cut a batch of requests into pieces and
 join the pieces' answers back into one response per request.
 """
 
@@ -52,16 +52,17 @@ def _no_files(tensor: Any) -> bool:  # noqa: ANN401
     return files.size > 0 and all(len(f) == 0 for f in files.reshape(-1))
 
 
-def host_pieces(pb_utils: ModuleType, request: Any) -> list[np.ndarray]:  # noqa: ANN401
-    """A request's images on the host (the CPU models): its pixel batch, or each file decoded by OpenCV."""
+def host_pieces(pb_utils: ModuleType, request: Any) -> list[np.ndarray | encoded.EncodedFile]:  # noqa: ANN401
+    """A request's images on the host (the CPU models): its pixel batch, or each file with its
+    header checked, decoded by OpenCV only when it is letterboxed (`cpu.Letterbox`)."""
     t, tensor = image_input(pb_utils, request)
     if t is spec.IMAGE:
         return [check_images(tensor.as_numpy())]
-    return [image[None] for image in encoded.decode_all(encoded.images_of(tensor.as_numpy()))]
+    return encoded.encoded_files(encoded.images_of(tensor.as_numpy()))
 
 
 def count(pieces: Sequence[Any]) -> int:
-    """Images in a request's pieces (NHWC arrays or tensors)."""
+    """Images in a request's pieces (NHWC arrays or tensors, or encoded.EncodedFile)."""
     return sum(int(p.shape[0]) for p in pieces)
 
 

@@ -65,8 +65,11 @@ class Preprocess:
             flat, counts = flatten(pieces)
             pixels, rows = self.letterbox(flat)
         sizes = [count(p) for p in pieces]
-        joined = [_concat(list(r)) for r in split(rows, counts)]
-        batch.answer(list(zip(split(pixels, sizes), joined)), spec.PREPROCESS.outputs)
+        results: list[tuple[np.ndarray, np.ndarray] | InputError] = []
+        for px, mine in zip(split(pixels, sizes), split(rows, counts)):
+            error = next((r for r in mine if isinstance(r, InputError)), None)
+            results.append(error if error is not None else (px, _concat(list(mine))))  # a bad file refuses its request
+        batch.answer(results, spec.PREPROCESS.outputs)
         return sum(sizes)
 
 

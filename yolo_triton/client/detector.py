@@ -106,8 +106,7 @@ def option_inputs(n: int, conf: float | None = None, iou: float | None = None, m
 def encoded_input(files: list[bytes]) -> grpcclient.InferInput:
     """IMAGE_BYTES for encoded files (any sizes), each checked as the server checks it first, so a
     file the server would refuse is refused here, naming it by its index."""
-    for i, data in enumerate(files):
-        encoded.read_header(data, i)
+    encoded.read_headers(files)
     inp = grpcclient.InferInput(spec.IMAGE_BYTES.name, [len(files), 1], spec.IMAGE_BYTES.wire_dtype)
     inp.set_data_from_numpy(np.array([[bytes(f)] for f in files], dtype=object).reshape(len(files), 1))
     return inp

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from yolo_triton import spec
-from yolo_triton.pipeline import geometry
+from yolo_triton.pipeline import encoded, geometry
 from yolo_triton.pipeline.ort_session import make_session
 from yolo_triton.pipeline.postprocess import postprocess_batch
 from yolo_triton.pipeline.protocol import Limits, Outputs, Watch
 from yolo_triton.pipeline.validation import InputError
+
+Piece = np.ndarray | encoded.EncodedFile  # a request's same-size images, or one file to decode
 
 
 class Letterbox:
@@ -32,16 +34,28 @@ class Letterbox:
         self._canvas = np.empty((spec.MAX_BATCH, imgsz, imgsz, 3), np.uint8)
         self._pixels = np.empty((spec.MAX_BATCH, 3, imgsz, imgsz), np.float32)
 
-    def __call__(self, batches: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(pixels for every image, valid until the next call; LETTERBOX rows per request).
-        Images are checked by the caller (validation.check_images)."""
+    def __call__(self, batches: Sequence[Piece]) -> tuple[np.ndarray, list[np.ndarray | InputError]]:
+        """(pixels for every image, valid until the next call; LETTERBOX rows per piece).
+
+        Arrays are checked by the caller (validation.check_images). An encoded file is decoded
+        here, letterboxed and let go before the next one is decoded, so a batch never holds more
+        than one decoded file. One that does not decode as its header said gets its InputError in
+        place of its rows; its slot of the batch is left as it was, and its answer is that error."""
         total = sum(b.shape[0] for b in batches)
         if total > spec.MAX_BATCH:  # the config's max_batch_size: cannot happen inside Triton
             raise ValueError(f"{total} images in one execute exceed the batch buffer ({spec.MAX_BATCH})")
-        rows, start = [], 0
+        rows: list[np.ndarray | InputError] = []
+        start = 0
         for b in batches:
-            rows.append(geometry.letterbox_into(b, self._canvas[start : start + b.shape[0]]))
-            start += b.shape[0]
+            n = b.shape[0]
+            try:
+                images = b.pixels() if isinstance(b, encoded.EncodedFile) else b
+            except InputError as e:
+                rows.append(e)
+            else:
+                rows.append(geometry.letterbox_into(images, self._canvas[start : start + n]))
+                del images  # a decoded file goes before the next one is decoded
+            start += n
         return geometry.to_pixels(self._canvas[:total], out=self._pixels[:total]), rows
 
 
@@ -65,11 +79,17 @@ class Decode:
     still served."""
 
     def __call__(
-        self, raw: np.ndarray, rows: Sequence[np.ndarray], limits: Sequence[Limits], multi: Sequence[list[bool]]
+        self, raw: np.ndarray, rows: Sequence[np.ndarray | InputError], limits: Sequence[Limits],
+        multi: Sequence[list[bool]],
     ) -> list[Outputs | InputError]:
+        """`rows` per request (or piece); an InputError there (a file that did not decode) is passed on."""
         out: list[Outputs | InputError] = []
         start = 0
         for lb, lim, ml in zip(rows, limits, multi):
+            if isinstance(lb, InputError):
+                out.append(lb)
+                start += len(lim)
+                continue
             n = lb.shape[0]
             try:
                 out.append(postprocess_batch(raw[start : start + n], lb, lim, ml))
@@ -93,7 +113,7 @@ class CpuPipeline:
         self([np.zeros((1, *spec.WARMUP_FRAME), np.uint8)], [[(spec.DEFAULT_CONF, spec.DEFAULT_IOU, 10)]], [[False]])
 
     def __call__(
-        self, batches: Sequence[np.ndarray], limits: Sequence[Limits], multi: Sequence[list[bool]],
+        self, batches: Sequence[Piece], limits: Sequence[Limits], multi: Sequence[list[bool]],
         watch: Watch | None = None,
     ) -> list[Outputs | InputError]:
         watch = watch or _untimed

@@ -81,6 +81,17 @@ def images_of(array: object) -> list[bytes]:
     return [bytes(x) for x in array[:, 0]]
 
 
+def read_headers(files: Sequence[bytes]) -> list[Header]:
+    """Every file's header (`read_header`), then the request's decoded pixels together against
+    `spec.MAX_REQUEST_PIXELS`: all before any file is decoded."""
+    headers = [read_header(f, i) for i, f in enumerate(files)]
+    total = sum(h.width * h.height for h in headers)
+    if total > spec.MAX_REQUEST_PIXELS:
+        raise InputError(f"{NAME}: the request's {len(files)} images decode to {total} pixels together, over the "
+                         f"limit of {spec.MAX_REQUEST_PIXELS} per request; send them in several requests")
+    return headers
+
+
 def read_header(data: bytes, index: int) -> Header:
     """Format and dimensions from the first bytes; InputError naming the image for anything that is
     not a complete JPEG/PNG/WebP within the IMAGE limits."""
@@ -292,5 +303,31 @@ def check_decoded(hw: Sequence[int], header: Header, index: int) -> None:
 
 def decode_all(files: Sequence[bytes]) -> list[np.ndarray]:
     """Every file of a request, headers first (all are checked before any is decoded)."""
-    headers = [read_header(f, i) for i, f in enumerate(files)]
-    return [decode(f, h, i) for i, (f, h) in enumerate(zip(files, headers))]
+    return [decode(f, h, i) for i, (f, h) in enumerate(zip(files, read_headers(files)))]
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """One checked file of a request, decoded only when its pixels are needed (`pixels`).
+
+    The CPU models take a request's files as these, so that an execute() decodes one image at a
+    time, letterboxes it and lets it go: what it holds decoded is one image, not every image of
+    every request batched into it (64 files of 40 M pixels would be 7.7 GB)."""
+
+    data: bytes
+    header: Header
+    index: int  # in its request, for the message that refuses it
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(1, height, width, 3) as decoded and oriented: what `pixels()` will return."""
+        return (1, *oriented_shape(self.header), 3)
+
+    def pixels(self) -> np.ndarray:
+        """(1, H, W, 3) BGR uint8; EncodedImageError when the data does not decode as its header says."""
+        return decode(self.data, self.header, self.index)[None]
+
+
+def encoded_files(files: Sequence[bytes]) -> list[EncodedFile]:
+    """A request's files, every header checked (`read_headers`), none decoded yet."""
+    return [EncodedFile(f, h, i) for i, (f, h) in enumerate(zip(files, read_headers(files)))]

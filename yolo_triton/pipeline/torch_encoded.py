@@ -115,9 +115,11 @@ def gpu_jpeg_or_none(device: torch.device, wanted: bool) -> tuple[GpuJpeg | None
 
 def decode_all(files: Sequence[bytes], device: torch.device, gpu: GpuJpeg | None = None) -> list[torch.Tensor]:
     """Every file of a request -> (1, H, W, 3) BGR uint8 on `device`, in order; InputError naming
-    the first file that is refused. Headers are all checked before anything is decoded. JPEGs the
-    GPU decoder takes (header.nvjpeg) go to `gpu` where given; everything else is decoded on the host."""
-    headers = [encoded.read_header(f, i) for i, f in enumerate(files)]
+    the first file that is refused. Headers are all checked before anything is decoded
+    (`encoded.read_headers`, the request's pixel limit included). JPEGs the GPU decoder takes
+    (header.nvjpeg) go to `gpu` where given; everything else is decoded on the host, one file at
+    a time, and leaves host memory once uploaded."""
+    headers = encoded.read_headers(files)
     out = []
     for i, (data, header) in enumerate(zip(files, headers)):
         image = gpu.decode(data, header, i) if gpu is not None and header.nvjpeg else None
