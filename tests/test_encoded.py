@@ -60,8 +60,41 @@ def with_orientation(jpeg: bytes, orientation: int) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
 
 
+def png_of_rows(w: int, h: int, colour: int, depth: int, interlace: int, rows: bytes, extra: int = 0,
+                plte: bytes = b"") -> bytes:
+    """A PNG of already filtered scanlines (`rows`), stored uncompressed, followed in the same zlib
+    stream by `extra` zero bytes (libpng inflates them all)."""
+    z = zlib.compressobj(0 if not extra else 9)
+    body = z.compress(rows) + z.compress(bytes(extra)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace)
+    return (encoded.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + (png_chunk(b"PLTE", plte) if plte else b"")
+            + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b""))
+
+
+def adam7_rows(pixels: np.ndarray) -> bytes:
+    """The interlaced scanlines (filter 0) of an 8-bit image (H, W, C), pass by pass."""
+    out = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                           (0, 1, 1, 2)):
+        sub = pixels[y0::dy, x0::dx]
+        if sub.shape[0] and sub.shape[1]:
+            out += b"".join(b"\0" + row.tobytes() for row in sub)
+    return out
+
+
 JPEG = encode(BUS, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90)
 PNG = encode(BUS, ".png")
+PROGRESSIVE = encode(BUS, ".jpg", cv2.IMWRITE_JPEG_PROGRESSIVE, 1)
+
+
+def with_scans(progressive: bytes, scans: int) -> bytes:
+    """The progressive JPEG with its last scan repeated until it has `scans` scans: legal markers,
+    and each repeat one more pass of the decoder over the whole image (libjpeg-turbo's LJT-01-003)."""
+    last, end = progressive.rindex(b"\xff\xda"), progressive.rindex(b"\xff\xd9")
+    extra = scans - progressive.count(b"\xff\xda")
+    return progressive[:end] + progressive[last:end] * extra + progressive[end:]
+
+
 BAD = {  # class -> (bytes, words the refusal must contain)
     "empty": (b"", "empty"),
     "not-an-image": (b"hello, this is text and not a picture", "not an image"),
@@ -73,6 +106,12 @@ BAD = {  # class -> (bytes, words the refusal must contain)
     "png-bomb": (png_bomb(), "20000x20000 exceeds the limit"),
     "corrupt-png-data": (PNG[:100] + bytes(200) + PNG[-12:], "corrupt png"),
 }
+BAD["png-data-past-its-image"] = (png_of_rows(64, 64, 2, 8, 0, b"".join(b"\0" + bytes(192) for _ in range(64)),
+                                              extra=64 << 20), "inflates to over")
+BAD["jpeg-too-many-scans"] = (with_scans(PROGRESSIVE, spec.MAX_JPEG_SCANS + 1),
+                              f"{spec.MAX_JPEG_SCANS + 1} scans, over the limit of {spec.MAX_JPEG_SCANS}")
+BAD["jpeg-too-many-segments"] = (JPEG[:2] + b"\xff\xfe\x00\x02" * spec.MAX_JPEG_SEGMENTS + JPEG[2:],
+                                 f"over {spec.MAX_JPEG_SEGMENTS} marker segments")
 # A JPEG whose frame header claims 9000 x 4 (one side over MAX_IMAGE_SIDE), the rest intact.
 _SOF = JPEG.index(b"\xff\xc0")
 BAD["jpeg-over-side"] = (JPEG[: _SOF + 5] + struct.pack(">HH", 4, 9000) + JPEG[_SOF + 9 :], "9000x4 exceeds the limit")
@@ -156,6 +195,37 @@ def assert_same_answer(server, model: str, got, want, conf: float = spec.DEFAULT
         assert_fp16_twins(got, want, conf)  # both ways
     else:
         assert_same(got, want)
+
+
+def test_jpegs_at_the_scan_and_segment_limits_are_decoded():
+    """The caps leave real files alone: encoders write about ten scans, and a file with exactly the
+    limit of scans, or of marker segments, is decoded (comments change no pixel)."""
+    assert 5 <= PROGRESSIVE.count(b"\xff\xda") <= 20
+    assert encoded.decode_all([with_scans(PROGRESSIVE, spec.MAX_JPEG_SCANS)])[0].shape == BUS.shape
+    padded = JPEG[:2] + b"\xff\xfe\x00\x02" * (spec.MAX_JPEG_SEGMENTS - 9) + JPEG[2:]  # 9 of its own, with SOS
+    np.testing.assert_array_equal(encoded.decode_all([padded])[0], encoded.decode_all([JPEG])[0])
+
+
+PNG_LAYOUTS = {  # name -> (colour type, bit depth, interlace, channels as stored, bytes a sample)
+    "rgb8-interlaced": (2, 8, 1, 3, 1), "rgb16": (2, 16, 0, 3, 2), "grey8-interlaced": (0, 8, 1, 1, 1),
+    "rgba8": (6, 8, 0, 4, 1), "grey-alpha16-interlaced": (4, 16, 1, 2, 2),
+}
+
+
+@pytest.mark.parametrize("layout", list(PNG_LAYOUTS))
+def test_pngs_of_every_layout_pass_the_inflate_check_and_decode_as_opencv_decodes_them(layout):
+    """The check that refuses data inflating past the image must know each layout's size exactly
+    (Adam7's passes, 16-bit samples): random, uncompressed rows, so that the check runs."""
+    colour, depth, interlace, channels, sample = PNG_LAYOUTS[layout]
+    w, h = 61, 29
+    pixels = np.random.default_rng(0).integers(0, 256, (h, w, channels * sample), dtype=np.uint8)
+    rows = adam7_rows(pixels) if interlace else b"".join(b"\0" + row.tobytes() for row in pixels)
+    data = png_of_rows(w, h, colour, depth, interlace, rows)
+    assert encoded.read_header(data, 0).format == "png" and len(rows) > 1100  # 1032 x its size > 1 MiB: checked
+    want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(encoded.decode_all([data])[0], want)
+    with pytest.raises(InputError, match="inflates to over"):
+        encoded.decode_all([png_of_rows(w, h, colour, depth, interlace, rows, extra=2 * len(rows) + (1 << 20))])
 
 
 # Files at the per-image limit (8192 x 4882, 40 M pixels): four fit in one request, five do not.
@@ -448,7 +518,6 @@ def jpegs_of_every_layout(orientation: int = 1) -> dict[str, bytes]:
     return {name: with_orientation(data, orientation) for name, data in files.items()}
 
 
-PROGRESSIVE = encode(BUS, ".jpg", cv2.IMWRITE_JPEG_PROGRESSIVE, 1)
 
 
 def test_headers_say_which_jpegs_the_gpu_decodes_and_their_chroma_layout():

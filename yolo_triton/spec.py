@@ -112,6 +112,13 @@ MAX_ENCODED_BYTES = 32 << 20
 # its size once decoded (64 small PNGs of 40 M pixels each: 8 MB sent, 7.7 GB decoded, 30 s of
 # decoding). 64 frames of 1920x1080 fit (133 M), as do four images at the per-image limit.
 MAX_REQUEST_PIXELS = 160_000_000
+# JPEG: a progressive decoder passes over the whole image once per scan, and the standard lets a
+# scan be a few bytes, so 125 KB of one 16 M pixel image repeating its last scan took OpenCV 12.5 s
+# (libjpeg-turbo's LJT-01-003; NVIDIA DALI caps scans at 500). libjpeg and mozjpeg write at most
+# about 20. Marker segments of any kind are capped too: each costs the header walk a step.
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SEGMENTS = 1024
+MAX_PNG_CHUNKS = 65536  # encoders split the data into 8-64 KB chunks: 32 MiB is at most a few thousand
 
 
 @dataclass(frozen=True)

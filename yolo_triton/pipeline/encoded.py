@@ -15,7 +15,9 @@ decoders, which differ in what they do with EXIF, give the same image.
 
 from __future__ import annotations
 
+import re
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 # Sequential Huffman (baseline, extended): what the GPU decodes. Progressive files go to the host:
 # nvJPEG's pixels for them were up to 3 grey levels off libjpeg-turbo's (an H100, 2026-12-07).
 _NVJPEG_SOF = {0xC0, 0xC1}
+_PROGRESSIVE_SOF = {0xC2, 0xC6, 0xCA, 0xCE}  # Huffman or arithmetic, differential or not
 # EXIF orientation -> (transpose first, then flip rows, flip columns): all eight as one table.
 ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
     1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
@@ -128,12 +131,13 @@ def _truncated(index: int, fmt: str, what: str) -> InputError:
 
 
 def _jpeg(data: bytes, index: int) -> Header:
-    """Walk the marker segments up to the first scan: SOFn gives the size, APP1 the orientation."""
+    """Walk the marker segments up to the first scan: SOFn gives the size, APP1 the orientation;
+    then count the scans (`spec.MAX_JPEG_SCANS`) and look for the end-of-image marker."""
     pos, size, orientation, frame = 2, None, 1, b""
     jfif, adobe_transform = False, -1
-    while True:
-        while pos < len(data) and data[pos] == 0xFF and pos + 1 < len(data) and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes
+    for _segment in range(spec.MAX_JPEG_SEGMENTS):
+        if data[pos + 1 : pos + 2] == b"\xff":  # fill bytes (FF FF ...): one C-level match, however many
+            pos = _FILL.match(data, pos).end() - 1
         if pos + 4 > len(data):
             raise _truncated(index, "JPEG", "ends inside its headers")
         if data[pos] != 0xFF:
@@ -165,16 +169,27 @@ def _jpeg(data: bytes, index: int) -> Header:
         elif marker == 0xD9:
             raise EncodedImageError(index, "corrupt JPEG: end of image before any scan")
         pos += 2 + length
+    else:
+        raise EncodedImageError(index, f"corrupt JPEG: over {spec.MAX_JPEG_SEGMENTS} marker segments before the scan")
     if size is None:
         raise EncodedImageError(index, "corrupt JPEG: no frame header (SOFn) before the scan")
-    # Entropy-coded data never holds FF D9 (FF is stuffed as FF 00): an EOI after the scan's start
-    # is the file's end, and without one the file was cut (embedded thumbnails sit before the scan).
+    # Entropy-coded data never holds FF D9 or FF DA (FF is stuffed as FF 00): an EOI after the scan's
+    # start is the file's end, and without one the file was cut (embedded thumbnails sit before the
+    # scan). In a progressive file each FF DA from here on starts a scan (a table segment between
+    # scans holding those two bytes would count as one more, which only a file made to do so has).
+    # A sequential scan needs entropy-coded data for every block it covers, so its cost follows its
+    # size, and its scans are not counted: that search would cost 0.1 ms a megabyte, every request.
     if data.rfind(b"\xff\xd9", pos) < 0:
         raise _truncated(index, "JPEG", "no end-of-image marker after the scan")
+    scans = data.count(b"\xff\xda", pos) if frame[0] in _PROGRESSIVE_SOF else 1
+    if scans > spec.MAX_JPEG_SCANS:
+        raise EncodedImageError(index, f"unsupported JPEG: {scans} scans, over the limit of {spec.MAX_JPEG_SCANS} "
+                                       f"(a decoder passes over the whole image once per scan)")
     gpu, chroma = _gpu_decodable(frame, jfif, adobe_transform)
     return Header("jpeg", size[0], size[1], orientation, gpu, chroma)
 
 
+_FILL = re.compile(rb"\xff+")  # fill bytes: a marker's FF repeated
 _HOST_ONLY = (False, None)
 
 
@@ -284,9 +299,68 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(image) if orientation != 1 else image
 
 
+# PNG: samples per pixel by IHDR colour type (grey, RGB, palette, grey + alpha, RGBA), Adam7's
+# passes as (first column, first row, column step, row step), and deflate's largest ratio.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_DEFLATE_MAX_RATIO = 1032
+_INFLATE_STEP = 1 << 20
+
+
+def _png_image_bytes(w: int, h: int, ihdr: bytes) -> int:
+    """Bytes the image data inflates to (filter bytes included), from IHDR's depth, colour type and interlace."""
+    depth, colour, interlace = ihdr[8], ihdr[9], ihdr[12]
+    bits = depth * _PNG_CHANNELS.get(colour, 4)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        cols, rows = -(-(w - x0) // dx), -(-(h - y0) // dy)
+        if cols > 0 and rows > 0:
+            total += rows * (1 + -(-cols * bits // 8))
+    return total
+
+
+def check_png_data(data: bytes, header: Header, index: int) -> None:
+    """Refuse a PNG whose compressed data inflates to far more than its image: libpng (under
+    OpenCV) inflates whatever follows the image to its end, and deflate reaches 1032:1, so 1 MB of
+    it kept OpenCV busy for 1.1 s. Up to the image's size again is let through (sloppy encoders
+    leave some). The check inflates and throws away at most that much, and runs only where the
+    compressed data could hold more."""
+    chunks, pos = [], 8
+    for _chunk in range(spec.MAX_PNG_CHUNKS):
+        if pos + 8 > len(data):
+            break
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IDAT":
+            chunks.append(memoryview(data)[pos + 8 : pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    else:
+        raise EncodedImageError(index, f"corrupt png: over {spec.MAX_PNG_CHUNKS} chunks")
+    image = _png_image_bytes(header.width, header.height, data[8 + 8 : 8 + 8 + 13])
+    limit = 2 * image + _INFLATE_STEP
+    if _DEFLATE_MAX_RATIO * sum(len(c) for c in chunks) <= limit:
+        return
+    inflate, out = zlib.decompressobj(), 0
+    try:
+        for chunk in chunks:
+            rest: bytes | memoryview = chunk
+            while rest and not inflate.eof:
+                out += len(inflate.decompress(rest, _INFLATE_STEP))
+                if out > limit:
+                    raise EncodedImageError(index, f"corrupt png: its data inflates to over {limit} bytes, "
+                                                   f"for an image of {image} (its header's size)")
+                rest = inflate.unconsumed_tail
+    except zlib.error as e:
+        raise EncodedImageError(index, f"corrupt png: {e}") from None
+
+
 def decode(data: bytes, header: Header, index: int) -> np.ndarray:
     """One checked file -> BGR uint8 (H, W, 3), oriented. OpenCV's own EXIF handling is switched off
     (IMREAD_IGNORE_ORIENTATION): `orient` applies it, the same way on every decoder."""
+    if header.format == "png":
+        check_png_data(data, header, index)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise EncodedImageError(index, f"corrupt {header.format}: the decoder could not read it")
