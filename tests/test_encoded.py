@@ -162,6 +162,16 @@ def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path, orientat
     np.testing.assert_array_equal(images.read(path), want)
 
 
+def test_the_first_of_two_exif_segments_gives_the_orientation_as_in_cv2_imread(tmp_path):
+    data = with_orientation(with_orientation(encode(BUS[:120, :90], ".jpg"), 3), 6)  # 6 first, then 3
+    path = tmp_path / "two-exif.jpg"
+    path.write_bytes(data)
+    want = cv2.imread(str(path))
+    assert encoded.read_header(data, 0).orientation == 6 and want.shape[:2] == (90, 120)
+    np.testing.assert_array_equal(encoded.decode_all([data])[0], want)
+    np.testing.assert_array_equal(images.read(path), want)
+
+
 # --- against the server ----------------------------------------------------------------------------
 
 

@@ -134,7 +134,7 @@ def _jpeg(data: bytes, index: int) -> Header:
     """Walk the marker segments up to the first scan: SOFn gives the size, APP1 the orientation;
     then count the scans (`spec.MAX_JPEG_SCANS`) and look for the end-of-image marker."""
     pos, size, orientation, frame = 2, None, 1, b""
-    jfif, adobe_transform = False, -1
+    jfif, adobe_transform, exif = False, -1, False
     for _segment in range(spec.MAX_JPEG_SEGMENTS):
         if data[pos + 1 : pos + 2] == b"\xff":  # fill bytes (FF FF ...): one C-level match, however many
             pos = _FILL.match(data, pos).end() - 1
@@ -162,8 +162,8 @@ def _jpeg(data: bytes, index: int) -> Header:
             jfif = True
         elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
             adobe_transform = body[11]
-        elif marker == 0xE1 and body.startswith(b"Exif\0\0"):
-            orientation = _exif_orientation(body[6:])
+        elif marker == 0xE1 and body.startswith(b"Exif\0\0") and not exif:
+            orientation, exif = _exif_orientation(body[6:]), True  # the first one, as OpenCV reads it
         elif marker == 0xDA:  # start of scan: the header is over
             break
         elif marker == 0xD9:
