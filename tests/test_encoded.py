@@ -147,12 +147,21 @@ def test_headers_give_the_size_of_every_format():
     assert (lossless.format, lossless.width, lossless.height) == ("webp", 207, 301)
 
 
+def png_with_orientation(png: bytes, orientation: int) -> bytes:
+    """The PNG with an eXIf chunk (a little-endian TIFF, IFD0: one Orientation tag) right after IHDR."""
+    tiff = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1,
+                                                                                  orientation, 0) + b"\0\0\0\0"
+    return png[:33] + png_chunk(b"eXIf", tiff) + png[33:]
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path, orientation):
-    """Ultralytics reads files with cv2.imread (EXIF applied): the server's decode and the client's
-    reader must give exactly that image."""
-    data = with_orientation(encode(BUS[:120, :90], ".jpg"), orientation)
-    path = tmp_path / "rotated.jpg"
+def test_exif_orientation_is_applied_as_cv2_imread_applies_it(tmp_path, orientation, ext):
+    """Ultralytics reads files with cv2.imread (EXIF applied, to JPEG and PNG files): the server's
+    decode and the client's reader must give exactly that image."""
+    plain = encode(BUS[:120, :90], ext)
+    data = with_orientation(plain, orientation) if ext == ".jpg" else png_with_orientation(plain, orientation)
+    path = tmp_path / f"rotated{ext}"
     path.write_bytes(data)
     want = cv2.imread(str(path))
     header = encoded.read_header(data, 0)

@@ -6,8 +6,9 @@ pixels. Decoders are lenient where a request must not be: OpenCV fills a truncat
 and only logs a warning, so truncation is detected here from the file's structure (no EOI marker
 after the scan, no IEND chunk, a RIFF size past the end) and refused.
 
-EXIF orientation (JPEG, tag 0x0112) is applied as Ultralytics applies it: its predictor reads files
-with cv2.imread, which rotates by EXIF. Boxes are in the pixels of the image as displayed (after
+EXIF orientation (tag 0x0112 of a JPEG's first EXIF segment, or of a PNG's eXIf chunk) is applied
+as Ultralytics applies it: its predictor reads files with cv2.imread, which rotates by it (OpenCV
+4.11 does not rotate WebP files). Boxes are in the pixels of the image as displayed (after
 rotation); the client's own reader (client.images) does the same, so pixels and bytes agree.
 The orientation is applied here, not by the decoder, so that the CPU (OpenCV) and GPU (nvJPEG)
 decoders, which differ in what they do with EXIF, give the same image.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -236,6 +237,8 @@ def _exif_orientation(tiff: bytes) -> int:
 
 
 def _png(data: bytes, index: int) -> Header:
+    """IHDR gives the size; an eXIf chunk before the image data, the orientation (OpenCV 4.11's
+    imread applies it to PNG files as to JPEG)."""
     if len(data) < 33:
         raise _truncated(index, "PNG", "ends inside its header")
     if data[12:16] != b"IHDR":
@@ -243,7 +246,28 @@ def _png(data: bytes, index: int) -> Header:
     w, h = struct.unpack_from(">II", data, 16)
     if data.rfind(b"IEND", 33) < 0:
         raise _truncated(index, "PNG", "no IEND chunk")
-    return Header("png", w, h)
+    orientation = 1
+    for kind, start, length in _png_chunks(data, index):
+        if kind == b"IDAT":
+            break
+        if kind == b"eXIf":
+            orientation = _exif_orientation(data[start : start + length])
+            break
+    return Header("png", w, h, orientation)
+
+
+def _png_chunks(data: bytes, index: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, where its data starts, its length) of each chunk up to IEND, at most spec.MAX_PNG_CHUNKS."""
+    pos = 8
+    for _chunk in range(spec.MAX_PNG_CHUNKS):
+        if pos + 8 > len(data):
+            return
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IEND":
+            return
+        yield kind, pos + 8, length
+        pos += 12 + length
+    raise EncodedImageError(index, f"corrupt png: over {spec.MAX_PNG_CHUNKS} chunks")
 
 
 def _webp(data: bytes, index: int) -> Header:
@@ -273,9 +297,9 @@ def _webp(data: bytes, index: int) -> Header:
 
 
 def orientation_of(data: bytes) -> int:
-    """The EXIF orientation of a file a client read (1 for anything without one, or not a JPEG)."""
+    """The EXIF orientation of a file a client read (1 for anything without one, or not a JPEG or PNG)."""
     try:
-        return read_header(data, 0).orientation if data[:3] == b"\xff\xd8\xff" else 1
+        return read_header(data, 0).orientation if data[:3] == b"\xff\xd8\xff" or data[:8] == PNG_SIGNATURE else 1
     except InputError:
         return 1
 
@@ -326,18 +350,8 @@ def check_png_data(data: bytes, header: Header, index: int) -> None:
     it kept OpenCV busy for 1.1 s. Up to the image's size again is let through (sloppy encoders
     leave some). The check inflates and throws away at most that much, and runs only where the
     compressed data could hold more."""
-    chunks, pos = [], 8
-    for _chunk in range(spec.MAX_PNG_CHUNKS):
-        if pos + 8 > len(data):
-            break
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if kind == b"IDAT":
-            chunks.append(memoryview(data)[pos + 8 : pos + 8 + length])
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    else:
-        raise EncodedImageError(index, f"corrupt png: over {spec.MAX_PNG_CHUNKS} chunks")
+    view = memoryview(data)
+    chunks = [view[start : start + length] for kind, start, length in _png_chunks(data, index) if kind == b"IDAT"]
     image = _png_image_bytes(header.width, header.height, data[8 + 8 : 8 + 8 + 13])
     limit = 2 * image + _INFLATE_STEP
     if _DEFLATE_MAX_RATIO * sum(len(c) for c in chunks) <= limit:
