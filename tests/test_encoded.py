@@ -148,10 +148,12 @@ def test_headers_give_the_size_of_every_format():
 
 
 def png_with_orientation(png: bytes, orientation: int) -> bytes:
-    """The PNG with an eXIf chunk (a little-endian TIFF, IFD0: one Orientation tag) right after IHDR."""
+    """The PNG with an eXIf chunk (a little-endian TIFF, IFD0: one Orientation tag) after its image
+    data (OpenCV reads it there too, and the header check must find it past IDAT)."""
     tiff = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1,
                                                                                   orientation, 0) + b"\0\0\0\0"
-    return png[:33] + png_chunk(b"eXIf", tiff) + png[33:]
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + png_chunk(b"eXIf", tiff) + png[end:]
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".png"])

@@ -237,7 +237,7 @@ def _exif_orientation(tiff: bytes) -> int:
 
 
 def _png(data: bytes, index: int) -> Header:
-    """IHDR gives the size; an eXIf chunk before the image data, the orientation (OpenCV 4.11's
+    """IHDR gives the size; the first eXIf chunk, wherever it is, the orientation (OpenCV 4.11's
     imread applies it to PNG files as to JPEG)."""
     if len(data) < 33:
         raise _truncated(index, "PNG", "ends inside its header")
@@ -248,8 +248,6 @@ def _png(data: bytes, index: int) -> Header:
         raise _truncated(index, "PNG", "no IEND chunk")
     orientation = 1
     for kind, start, length in _png_chunks(data, index):
-        if kind == b"IDAT":
-            break
         if kind == b"eXIf":
             orientation = _exif_orientation(data[start : start + length])
             break
