@@ -61,14 +61,14 @@ def with_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 
 def png_of_rows(w: int, h: int, colour: int, depth: int, interlace: int, rows: bytes, extra: int = 0,
-                plte: bytes = b"") -> bytes:
-    """A PNG of already filtered scanlines (`rows`), stored uncompressed, followed in the same zlib
-    stream by `extra` zero bytes (libpng inflates them all)."""
-    z = zlib.compressobj(0 if not extra else 9)
+                chunks: bytes = b"") -> bytes:
+    """A PNG of already filtered scanlines (`rows`) with `chunks` after IHDR (PLTE, tRNS, text),
+    followed in the same zlib stream by `extra` zero bytes that belong to no image."""
+    z = zlib.compressobj(6)
     body = z.compress(rows) + z.compress(bytes(extra)) + z.flush()
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace)
-    return (encoded.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + (png_chunk(b"PLTE", plte) if plte else b"")
-            + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b""))
+    return (encoded.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + chunks + png_chunk(b"IDAT", body)
+            + png_chunk(b"IEND", b""))
 
 
 def adam7_rows(pixels: np.ndarray) -> bytes:
@@ -104,10 +104,11 @@ BAD = {  # class -> (bytes, words the refusal must contain)
     "truncated-png": (PNG[: len(PNG) // 2], "truncated PNG"),
     "truncated-webp": (encode(BUS[:64, :64], ".webp")[:-40], "truncated WebP"),
     "png-bomb": (png_bomb(), "20000x20000 exceeds the limit"),
-    "corrupt-png-data": (PNG[:100] + bytes(200) + PNG[-12:], "corrupt png"),
+    "corrupt-png-data": (PNG[:100] + bytes(200) + PNG[-12:], "corrupt or oversized png"),
 }
-BAD["png-data-past-its-image"] = (png_of_rows(64, 64, 2, 8, 0, b"".join(b"\0" + bytes(192) for _ in range(64)),
-                                              extra=64 << 20), "inflates to over")
+BAD["png-text-over-1-mb"] = (png_of_rows(8, 8, 0, 8, 0, b"".join(b"\0" + bytes(8) for _ in range(8)),
+                                         chunks=png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(bytes(2 << 20)))),
+                             "corrupt or oversized png: Decompressed data too large")
 BAD["jpeg-too-many-scans"] = (with_scans(PROGRESSIVE, spec.MAX_JPEG_SCANS + 1),
                               f"{spec.MAX_JPEG_SCANS + 1} scans, over the limit of {spec.MAX_JPEG_SCANS}")
 BAD["jpeg-too-many-segments"] = (JPEG[:2] + b"\xff\xfe\x00\x02" * spec.MAX_JPEG_SEGMENTS + JPEG[2:],
@@ -227,26 +228,47 @@ def test_jpegs_at_the_scan_and_segment_limits_are_decoded():
     np.testing.assert_array_equal(encoded.decode_all([padded])[0], encoded.decode_all([JPEG])[0])
 
 
-PNG_LAYOUTS = {  # name -> (colour type, bit depth, interlace, channels as stored, bytes a sample)
-    "rgb8-interlaced": (2, 8, 1, 3, 1), "rgb16": (2, 16, 0, 3, 2), "grey8-interlaced": (0, 8, 1, 1, 1),
-    "rgba8": (6, 8, 0, 4, 1), "grey-alpha16-interlaced": (4, 16, 1, 2, 2),
-}
+PNG_LAYOUTS = [  # (colour type, bit depth, interlaced): grey, RGB, palette (with tRNS), grey + alpha, RGBA
+    (0, 1, 0), (0, 2, 0), (0, 4, 0), (0, 8, 1), (0, 16, 0), (2, 8, 1), (2, 16, 0), (3, 1, 0), (3, 4, 0), (3, 8, 1),
+    (4, 8, 0), (4, 16, 1), (6, 8, 0), (6, 16, 1),
+]
 
 
-@pytest.mark.parametrize("layout", list(PNG_LAYOUTS))
-def test_pngs_of_every_layout_pass_the_inflate_check_and_decode_as_opencv_decodes_them(layout):
-    """The check that refuses data inflating past the image must know each layout's size exactly
-    (Adam7's passes, 16-bit samples): random, uncompressed rows, so that the check runs."""
-    colour, depth, interlace, channels, sample = PNG_LAYOUTS[layout]
+@pytest.mark.parametrize("layout", PNG_LAYOUTS, ids=lambda x: "colour{}-{}bit{}".format(*x[:2], "-adam7" * x[2]))
+def test_pngs_of_every_layout_decode_to_opencvs_pixels(layout):
+    """PNG is decoded by Pillow, not OpenCV (encoded._decode_png says why): its pixels must be
+    OpenCV's IMREAD_COLOR pixels for every layout a PNG can have. Random samples, every palette
+    entry used, a tRNS chunk on the palette."""
+    colour, depth, interlace = layout
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
     w, h = 61, 29
-    pixels = np.random.default_rng(0).integers(0, 256, (h, w, channels * sample), dtype=np.uint8)
-    rows = adam7_rows(pixels) if interlace else b"".join(b"\0" + row.tobytes() for row in pixels)
-    data = png_of_rows(w, h, colour, depth, interlace, rows)
-    assert encoded.read_header(data, 0).format == "png" and len(rows) > 1100  # 1032 x its size > 1 MiB: checked
+    rng = np.random.default_rng(depth * 10 + colour)
+    if depth >= 8:
+        pixels = rng.integers(0, 256, (h, w, channels * depth // 8), dtype=np.uint8)
+        rows = adam7_rows(pixels) if interlace else b"".join(b"\0" + row.tobytes() for row in pixels)
+    else:
+        rows = b"".join(b"\0" + rng.integers(0, 256, -(-w * depth // 8), dtype=np.uint8).tobytes() for _ in range(h))
+    chunks = b""
+    if colour == 3:
+        entries = 1 << depth
+        chunks = png_chunk(b"PLTE", rng.integers(0, 256, 3 * entries, dtype=np.uint8).tobytes())
+        chunks += png_chunk(b"tRNS", rng.integers(0, 256, entries, dtype=np.uint8).tobytes())
+    data = png_of_rows(w, h, colour, depth, interlace, rows, chunks=chunks)
     want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert want is not None and want.shape == (h, w, 3)
     np.testing.assert_array_equal(encoded.decode_all([data])[0], want)
-    with pytest.raises(InputError, match="inflates to over"):
-        encoded.decode_all([png_of_rows(w, h, colour, depth, interlace, rows, extra=2 * len(rows) + (1 << 20))])
+
+
+def test_a_png_is_decoded_to_the_end_of_its_image_and_no_further():
+    """Compressed data after the image's own is left alone (OpenCV's libpng inflates it all: 1 MB
+    of it took 1.1 s), so the file decodes to the image it holds."""
+    pixels = np.random.default_rng(1).integers(0, 256, (29, 61, 3), dtype=np.uint8)
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)
+    plain = png_of_rows(61, 29, 2, 8, 0, rows)
+    padded = png_of_rows(61, 29, 2, 8, 0, rows, extra=64 << 20)
+    assert len(padded) < len(plain) + (128 << 10)  # 64 MB of zeros compress to about 64 KB
+    np.testing.assert_array_equal(encoded.decode_all([padded])[0], encoded.decode_all([plain])[0])
+    np.testing.assert_array_equal(encoded.decode_all([plain])[0], pixels[..., ::-1])
 
 
 # Files at the per-image limit (8192 x 4882, 40 M pixels): four fit in one request, five do not.
@@ -290,8 +312,10 @@ def test_the_cpu_letterbox_decodes_one_file_at_a_time_and_refuses_only_a_file_th
     finally:
         tracemalloc.stop()
     decoded = 2000 * 3000 * 3
-    assert peak < 2 * decoded, f"{peak / decoded:.1f} decoded images held at once"
-    assert isinstance(rows[3], InputError) and str(rows[3]).startswith("IMAGE_BYTES[3]: corrupt png"), rows[3]
+    # Decoding one file briefly takes two copies (the decoder's, then BGR); all five would be five.
+    assert peak < 3 * decoded, f"{peak / decoded:.1f} decoded images held at once"
+    assert isinstance(rows[3], InputError), rows[3]
+    assert str(rows[3]).startswith("IMAGE_BYTES[3]: corrupt or oversized png"), rows[3]
     good = [i for i in range(len(data)) if i != 3]
     want_pixels, want_rows = cpu.Letterbox(320)([cv2.imdecode(np.frombuffer(data[i], np.uint8), cv2.IMREAD_COLOR)[None]
                                                  for i in good])
@@ -321,7 +345,8 @@ def test_a_cpu_model_holds_one_decoded_file_at_a_time_while_serving_a_request_of
     """The python model that decodes (the staged preprocess, the fused pipeline) is measured itself:
     its peak resident memory is reset (/proc/<pid>/clear_refs), then a request of six 4000x4000
     PNGs (48 MB each decoded, 288 MB together, a few hundred KB sent) must raise it by less than
-    two and a half decoded images (decoding one briefly takes about two in OpenCV's PNG reader)."""
+    four and a half decoded images: decoding one briefly takes about three and a half (Pillow's
+    image, its bytes, BGR), holding all six would take six or more."""
     from test_faults import stub_of
 
     v = spec.variant(variant)
@@ -338,7 +363,7 @@ def test_a_cpu_model_holds_one_decoded_file_at_a_time_while_serving_a_request_of
     dets, _ = clients[v.ensemble].infer_encoded([data] * 6)
     grown = status("VmHWM:") - before
     assert len(dets) == 6
-    assert grown < 2.5 * decoded, f"peak grew by {grown / decoded:.1f} decoded images"
+    assert grown < 4.5 * decoded, f"peak grew by {grown / decoded:.1f} decoded images"
 
 
 SIZES = ((1080, 810), (480, 640), (333, 1000), (64, 48))

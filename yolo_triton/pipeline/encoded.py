@@ -16,14 +16,15 @@ decoders, which differ in what they do with EXIF, give the same image.
 
 from __future__ import annotations
 
+import io
 import re
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from yolo_triton import spec
 from yolo_triton.pipeline.validation import InputError
@@ -321,59 +322,43 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(image) if orientation != 1 else image
 
 
-# PNG: samples per pixel by IHDR colour type (grey, RGB, palette, grey + alpha, RGBA), Adam7's
-# passes as (first column, first row, column step, row step), and deflate's largest ratio.
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-_DEFLATE_MAX_RATIO = 1032
-_INFLATE_STEP = 1 << 20
+def _decode_png(data: bytes, index: int) -> np.ndarray:
+    """A PNG by Pillow, as OpenCV's IMREAD_COLOR gives it: 16-bit samples cut to their high byte,
+    palettes expanded, 1/2/4-bit grey scaled to 0-255, alpha dropped, grey repeated into BGR.
 
-
-def _png_image_bytes(w: int, h: int, ihdr: bytes) -> int:
-    """Bytes the image data inflates to (filter bytes included), from IHDR's depth, colour type and interlace."""
-    depth, colour, interlace = ihdr[8], ihdr[9], ihdr[12]
-    bits = depth * _PNG_CHANNELS.get(colour, 4)
-    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
-    total = 0
-    for x0, y0, dx, dy in passes:
-        cols, rows = -(-(w - x0) // dx), -(-(h - y0) // dy)
-        if cols > 0 and rows > 0:
-            total += rows * (1 + -(-cols * bits // 8))
-    return total
-
-
-def check_png_data(data: bytes, header: Header, index: int) -> None:
-    """Refuse a PNG whose compressed data inflates to far more than its image: libpng (under
-    OpenCV) inflates whatever follows the image to its end, and deflate reaches 1032:1, so 1 MB of
-    it kept OpenCV busy for 1.1 s. Up to the image's size again is let through (sloppy encoders
-    leave some). The check inflates and throws away at most that much, and runs only where the
-    compressed data could hold more."""
-    view = memoryview(data)
-    chunks = [view[start : start + length] for kind, start, length in _png_chunks(data, index) if kind == b"IDAT"]
-    image = _png_image_bytes(header.width, header.height, data[8 + 8 : 8 + 8 + 13])
-    limit = 2 * image + _INFLATE_STEP
-    if _DEFLATE_MAX_RATIO * sum(len(c) for c in chunks) <= limit:
-        return
-    inflate, out = zlib.decompressobj(), 0
+    Not by OpenCV: its libpng inflates every compressed chunk in full, so a small file makes it
+    work for a long time (1 MB of data after the image's own: 1.1 s; 400 KB of zTXt chunks:
+    0.7 s). Pillow stops at the end of the image and caps text and ICC chunks (1 MB each, 64 MB
+    in all). tests/test_encoded.py checks the pixels against OpenCV's for every PNG layout."""
     try:
-        for chunk in chunks:
-            rest: bytes | memoryview = chunk
-            while rest and not inflate.eof:
-                out += len(inflate.decompress(rest, _INFLATE_STEP))
-                if out > limit:
-                    raise EncodedImageError(index, f"corrupt png: its data inflates to over {limit} bytes, "
-                                                   f"for an image of {image} (its header's size)")
-                rest = inflate.unconsumed_tail
-    except zlib.error as e:
-        raise EncodedImageError(index, f"corrupt png: {e}") from None
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as opened:
+            opened.load()
+            image = opened
+            if opened.mode == "P":  # the palette's colours (by RGBA where tRNS is there: Pillow asks that)
+                image = opened.convert("RGBA" if "transparency" in opened.info else "RGB")
+            pixels = np.asarray(image)
+            del image  # Pillow's copy goes before the conversion below makes another
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow's ways of saying corrupt or too big
+        raise EncodedImageError(index, f"corrupt or oversized png: {e}") from None
+    if pixels.dtype == bool:  # 1-bit grey
+        pixels = pixels.astype(np.uint8) * 255
+    elif pixels.dtype != np.uint8:  # 16-bit grey (Pillow's I;16 or I): libpng's strip_16 keeps the high byte
+        pixels = (pixels.astype(np.uint32) >> 8).astype(np.uint8)
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if pixels.shape[2] == 2:  # grey + alpha
+        return cv2.cvtColor(np.ascontiguousarray(pixels[..., 0]), cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2BGR)
 
 
 def decode(data: bytes, header: Header, index: int) -> np.ndarray:
-    """One checked file -> BGR uint8 (H, W, 3), oriented. OpenCV's own EXIF handling is switched off
-    (IMREAD_IGNORE_ORIENTATION): `orient` applies it, the same way on every decoder."""
+    """One checked file -> BGR uint8 (H, W, 3), oriented: JPEG and WebP by OpenCV, with its own EXIF
+    handling switched off (IMREAD_IGNORE_ORIENTATION), PNG by Pillow (`_decode_png`), which has
+    none; `orient` applies the header's orientation, the same way on every decoder."""
     if header.format == "png":
-        check_png_data(data, header, index)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = _decode_png(data, index)
+    else:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise EncodedImageError(index, f"corrupt {header.format}: the decoder could not read it")
     check_decoded(image.shape[:2], header, index)
