@@ -109,6 +109,9 @@ BAD = {  # class -> (bytes, words the refusal must contain)
 BAD["png-text-over-1-mb"] = (png_of_rows(8, 8, 0, 8, 0, b"".join(b"\0" + bytes(8) for _ in range(8)),
                                          chunks=png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(bytes(2 << 20)))),
                              "corrupt or oversized png: Decompressed data too large")
+_APP0_END = 4 + int.from_bytes(JPEG[4:6], "big")  # where the second segment starts
+BAD["jpeg-junk-before-a-marker"] = (JPEG[:_APP0_END] + b"\x12\xff" + JPEG[_APP0_END:],
+                                    f"no marker at byte {_APP0_END}")
 BAD["jpeg-too-many-scans"] = (with_scans(PROGRESSIVE, spec.MAX_JPEG_SCANS + 1),
                               f"{spec.MAX_JPEG_SCANS + 1} scans, over the limit of {spec.MAX_JPEG_SCANS}")
 BAD["jpeg-too-many-segments"] = (JPEG[:2] + b"\xff\xfe\x00\x02" * spec.MAX_JPEG_SEGMENTS + JPEG[2:],

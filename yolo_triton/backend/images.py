@@ -54,7 +54,7 @@ def _no_files(tensor: Any) -> bool:  # noqa: ANN401
 
 def host_pieces(pb_utils: ModuleType, request: Any) -> list[np.ndarray | encoded.EncodedFile]:  # noqa: ANN401
     """A request's images on the host (the CPU models): its pixel batch, or each file with its
-    header checked, decoded by OpenCV only when it is letterboxed (`cpu.Letterbox`)."""
+    header checked, decoded only when it is letterboxed (`cpu.Letterbox`)."""
     t, tensor = image_input(pb_utils, request)
     if t is spec.IMAGE:
         return [check_images(tensor.as_numpy())]

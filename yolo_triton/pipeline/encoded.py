@@ -138,7 +138,7 @@ def _jpeg(data: bytes, index: int) -> Header:
     pos, size, orientation, frame = 2, None, 1, b""
     jfif, adobe_transform, exif = False, -1, False
     for _segment in range(spec.MAX_JPEG_SEGMENTS):
-        if data[pos + 1 : pos + 2] == b"\xff":  # fill bytes (FF FF ...): one C-level match, however many
+        if data[pos : pos + 2] == b"\xff\xff":  # fill bytes (FF FF ...): one C-level match, however many
             pos = _FILL.match(data, pos).end() - 1
         if pos + 4 > len(data):
             raise _truncated(index, "JPEG", "ends inside its headers")
