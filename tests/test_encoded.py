@@ -567,8 +567,6 @@ def jpegs_of_every_layout(orientation: int = 1) -> dict[str, bytes]:
     return {name: with_orientation(data, orientation) for name, data in files.items()}
 
 
-
-
 def test_headers_say_which_jpegs_the_gpu_decodes_and_their_chroma_layout():
     files = jpegs_of_every_layout()
     for name, data in files.items():

@@ -109,8 +109,8 @@ ENCODED_FORMATS = ("jpeg", "png", "webp")
 MAX_ENCODED_BYTES = 32 << 20
 # IMAGE_BYTES: the most pixels one request's files may decode to together, also read from their
 # headers first. A request of pixels holds what it sent; one of files holds up to a thousand times
-# its size once decoded (64 small PNGs of 40 M pixels each: 8 MB sent, 7.7 GB decoded, 30 s of
-# decoding). 64 frames of 1920x1080 fit (133 M), as do four images at the per-image limit.
+# its size once decoded (64 small PNGs of 40 M pixels each: 8 MB sent, 7.7 GB decoded, 33 s of
+# decoding in one stub). 64 frames of 1920x1080 fit (133 M), as do four images at the per-image limit.
 MAX_REQUEST_PIXELS = 160_000_000
 # JPEG: a progressive decoder passes over the whole image once per scan, and the standard lets a
 # scan be a few bytes, so 125 KB of one 16 M pixel image repeating its last scan took OpenCV 12.5 s
