@@ -109,6 +109,12 @@ BAD = {  # class -> (bytes, words the refusal must contain)
 BAD["png-text-over-1-mb"] = (png_of_rows(8, 8, 0, 8, 0, b"".join(b"\0" + bytes(8) for _ in range(8)),
                                          chunks=png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(bytes(2 << 20)))),
                              "corrupt or oversized png: Decompressed data too large")
+_IHDR = PNG[12:26] + b"\x01" + PNG[27:29]  # chunk type and data, compression method set to 1
+BAD["png-ihdr-libpng-refuses"] = (PNG[:12] + _IHDR + struct.pack(">I", zlib.crc32(_IHDR)) + PNG[33:],
+                                  "compression method 1")
+_TALLER = PNG[12:20] + struct.pack(">I", BUS.shape[0] + 8) + PNG[24:29]  # IHDR claiming 8 rows more than its data
+BAD["png-data-ends-before-its-last-row"] = (PNG[:12] + _TALLER + struct.pack(">I", zlib.crc32(_TALLER)) + PNG[33:],
+                                            "its image data ends before its last row")
 _APP0_END = 4 + int.from_bytes(JPEG[4:6], "big")  # where the second segment starts
 BAD["jpeg-junk-before-a-marker"] = (JPEG[:_APP0_END] + b"\x12\xff" + JPEG[_APP0_END:],
                                     f"no marker at byte {_APP0_END}")
@@ -260,6 +266,17 @@ def test_pngs_of_every_layout_decode_to_opencvs_pixels(layout):
     want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert want is not None and want.shape == (h, w, 3)
     np.testing.assert_array_equal(encoded.decode_all([data])[0], want)
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_a_png_whose_last_rows_are_black_decodes_as_opencv_decodes_it(interlace):
+    """Blank last rows are what a short zlib stream leaves in Pillow's image, so they send the
+    file to the exact check (its data inflated up to the image's size): a whole file passes it."""
+    pixels = np.random.default_rng(2).integers(0, 256, (29, 61, 3), dtype=np.uint8)
+    pixels[-3:] = 0
+    rows = adam7_rows(pixels) if interlace else b"".join(b"\0" + row.tobytes() for row in pixels)
+    data = png_of_rows(61, 29, 2, 8, interlace, rows)
+    np.testing.assert_array_equal(encoded.decode_all([data])[0], cv2.imdecode(np.frombuffer(data, np.uint8), 1))
 
 
 def test_a_png_is_decoded_to_the_end_of_its_image_and_no_further():

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yolo_triton import spec
+from yolo_triton.pipeline import encoded
 from yolo_triton.pipeline.encoded import orient, orientation_of
 from yolo_triton.pipeline.validation import InputError
 
@@ -38,9 +40,17 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
     """A file's bytes -> BGR, rotated by its EXIF orientation as cv2.imread (Ultralytics' reader)
-    and the server's IMAGE_BYTES decoder rotate it (IMREAD_UNCHANGED alone would not)."""
+    rotates it. JPEG, PNG and WebP files (up to the server's size for one) go through the server's
+    own IMAGE_BYTES checks and decoder (`pipeline.encoded`): the same pixels either way, and a
+    decompression bomb among a user's files is refused from its header here too. Other formats
+    (BMP, TIFF) and larger files are OpenCV's."""
     if not data:
         raise InputError(f"{name}: empty file (0 bytes): copy it again, or leave it out")
+    if encoded.format_of(data) and len(data) <= spec.MAX_ENCODED_BYTES:
+        try:
+            return encoded.decode(data, encoded.read_header(data, 0), 0)
+        except encoded.EncodedImageError as e:
+            raise InputError(f"{name}: {e.why}") from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputError(f"{name}: not a decodable image (corrupt, truncated or not an image file): "

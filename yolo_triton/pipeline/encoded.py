@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -97,6 +98,17 @@ def read_headers(files: Sequence[bytes]) -> list[Header]:
     return headers
 
 
+def format_of(data: bytes) -> str:
+    """The encoding a file's first bytes name, of spec.ENCODED_FORMATS; "" for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == PNG_SIGNATURE:
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return ""
+
+
 def read_header(data: bytes, index: int) -> Header:
     """Format and dimensions from the first bytes; InputError naming the image for anything that is
     not a complete JPEG/PNG/WebP within the IMAGE limits."""
@@ -105,12 +117,9 @@ def read_header(data: bytes, index: int) -> Header:
     if len(data) > spec.MAX_ENCODED_BYTES:
         raise EncodedImageError(
             index, f"{len(data)} bytes exceed the limit of {spec.MAX_ENCODED_BYTES} bytes per encoded image")
-    if data[:3] == b"\xff\xd8\xff":
-        header = _jpeg(data, index)
-    elif data[:8] == PNG_SIGNATURE:
-        header = _png(data, index)
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        header = _webp(data, index)
+    fmt = format_of(data)
+    if fmt:
+        header = _HEADER_READERS[fmt](data, index)
     else:
         other = next((name for magic, name in _OTHER_FORMATS if data.startswith(magic)), "")
         if not other and data[4:8] == b"ftyp":
@@ -244,9 +253,14 @@ def _png(data: bytes, index: int) -> Header:
         raise _truncated(index, "PNG", "ends inside its header")
     if data[12:16] != b"IHDR":
         raise EncodedImageError(index, "corrupt PNG: first chunk is not IHDR")
-    w, h = struct.unpack_from(">II", data, 16)
-    if data.rfind(b"IEND", 33) < 0:
-        raise _truncated(index, "PNG", "no IEND chunk")
+    w, h, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    if depth not in _PNG_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
+        raise EncodedImageError(index, f"corrupt PNG: IHDR's bit depth {depth}, colour type {colour}, compression "
+                                       f"method {compression}, filter method {filtering} or interlace method "
+                                       f"{interlace} is not one PNG defines")
+    end = data.rfind(b"IEND", 33)
+    if end < 0 or end + 8 > len(data):  # the chunk type, then its CRC: libpng reads both
+        raise _truncated(index, "PNG", "no IEND chunk" if end < 0 else "its IEND chunk is cut")
     orientation = 1
     for kind, start, length in _png_chunks(data, index):
         if kind == b"eXIf":
@@ -295,10 +309,15 @@ def _webp(data: bytes, index: int) -> Header:
     return Header("webp", w, h)
 
 
+_HEADER_READERS = {"jpeg": _jpeg, "png": _png, "webp": _webp}
+# PNG: the bit depths each colour type allows (grey, RGB, palette, grey + alpha, RGBA).
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
 def orientation_of(data: bytes) -> int:
     """The EXIF orientation of a file a client read (1 for anything without one, or not a JPEG or PNG)."""
     try:
-        return read_header(data, 0).orientation if data[:3] == b"\xff\xd8\xff" or data[:8] == PNG_SIGNATURE else 1
+        return read_header(data, 0).orientation if format_of(data) in ("jpeg", "png") else 1
     except InputError:
         return 1
 
@@ -322,6 +341,45 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(image) if orientation != 1 else image
 
 
+# PNG: samples per pixel by colour type, and Adam7's passes as (first column, first row, steps).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20
+
+
+def _last_rows_blank(image: Image.Image) -> bool:
+    """Whether one of the last two rows is all zeros, as Pillow leaves the rows a short zlib stream
+    never reached (the last two: an interlaced image's last pass fills every other row)."""
+    w, h = image.size
+    rows = np.asarray(image.crop((0, max(h - 2, 0), w, h))).reshape(min(h, 2), -1)
+    return not rows.any(axis=1).all()
+
+
+def _png_data_short(data: bytes, index: int) -> bool:
+    """Whether the image data inflates to fewer bytes than IHDR's image needs (filter bytes
+    included): inflated and thrown away, at most the image's size, so data past the image costs
+    nothing. Run only where the decoded image's last rows are blank (`_last_rows_blank`)."""
+    w, h, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    bits = depth * _PNG_CHANNELS[colour]
+    need = 0
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        cols, rows = -(-(w - x0) // dx), -(-(h - y0) // dy)
+        if cols > 0 and rows > 0:
+            need += rows * (1 + -(-cols * bits // 8))
+    inflate, got = zlib.decompressobj(), 0
+    try:
+        for kind, start, length in _png_chunks(data, index):
+            rest: bytes = data[start : start + length] if kind == b"IDAT" else b""
+            while rest and got < need and not inflate.eof:
+                got += len(inflate.decompress(rest, min(_INFLATE_STEP, need - got)))
+                rest = inflate.unconsumed_tail
+            if got >= need or inflate.eof:
+                break
+    except zlib.error:
+        return True
+    return got < need
+
+
 def _decode_png(data: bytes, index: int) -> np.ndarray:
     """A PNG by Pillow, as OpenCV's IMREAD_COLOR gives it: 16-bit samples cut to their high byte,
     palettes expanded, 1/2/4-bit grey scaled to 0-255, alpha dropped, grey repeated into BGR.
@@ -331,15 +389,18 @@ def _decode_png(data: bytes, index: int) -> np.ndarray:
     0.7 s). Pillow stops at the end of the image and caps text and ICC chunks (1 MB each, 64 MB
     in all). tests/test_encoded.py checks the pixels against OpenCV's for every PNG layout."""
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as opened:
-            opened.load()
-            image = opened
-            if opened.mode == "P":  # the palette's colours (by RGBA where tRNS is there: Pillow asks that)
-                image = opened.convert("RGBA" if "transparency" in opened.info else "RGB")
-            pixels = np.asarray(image)
-            del image  # Pillow's copy goes before the conversion below makes another
+        opened = Image.open(io.BytesIO(data), formats=["PNG"])
+        opened.load()
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow's ways of saying corrupt or too big
         raise EncodedImageError(index, f"corrupt or oversized png: {e}") from None
+    with opened:
+        if _last_rows_blank(opened) and _png_data_short(data, index):  # Pillow left them black; OpenCV refuses
+            raise EncodedImageError(index, "corrupt png: its image data ends before its last row")
+        image = opened
+        if opened.mode == "P":  # the palette's colours (by RGBA where tRNS is there: Pillow asks that)
+            image = opened.convert("RGBA" if "transparency" in opened.info else "RGB")
+        pixels = np.asarray(image)
+        del image  # Pillow's copy goes before the conversion below makes another
     if pixels.dtype == bool:  # 1-bit grey
         pixels = pixels.astype(np.uint8) * 255
     elif pixels.dtype != np.uint8:  # 16-bit grey (Pillow's I;16 or I): libpng's strip_16 keeps the high byte
