@@ -245,7 +245,7 @@ PNG_LAYOUTS = [  # (colour type, bit depth, interlaced): grey, RGB, palette (wit
 
 @pytest.mark.parametrize("layout", PNG_LAYOUTS, ids=lambda x: "colour{}-{}bit{}".format(*x[:2], "-adam7" * x[2]))
 def test_pngs_of_every_layout_decode_to_opencvs_pixels(layout):
-    """PNG is decoded by Pillow, not OpenCV (encoded._decode_png says why): its pixels must be
+    """PNG is decoded by Pillow, not OpenCV (pipeline/png.py says why): its pixels must be
     OpenCV's IMREAD_COLOR pixels for every layout a PNG can have. Random samples, every palette
     entry used, a tRNS chunk on the palette."""
     colour, depth, interlace = layout

@@ -16,18 +16,16 @@ decoders, which differ in what they do with EXIF, give the same image.
 
 from __future__ import annotations
 
-import io
 import re
 import struct
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from yolo_triton import spec
+from yolo_triton.pipeline import png
 from yolo_triton.pipeline.validation import InputError
 
 NAME = spec.IMAGE_BYTES.name
@@ -253,34 +251,15 @@ def _png(data: bytes, index: int) -> Header:
         raise _truncated(index, "PNG", "ends inside its header")
     if data[12:16] != b"IHDR":
         raise EncodedImageError(index, "corrupt PNG: first chunk is not IHDR")
-    w, h, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
-    if depth not in _PNG_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
-        raise EncodedImageError(index, f"corrupt PNG: IHDR's bit depth {depth}, colour type {colour}, compression "
-                                       f"method {compression}, filter method {filtering} or interlace method "
-                                       f"{interlace} is not one PNG defines")
     end = data.rfind(b"IEND", 33)
     if end < 0 or end + 8 > len(data):  # the chunk type, then its CRC: libpng reads both
         raise _truncated(index, "PNG", "no IEND chunk" if end < 0 else "its IEND chunk is cut")
-    orientation = 1
-    for kind, start, length in _png_chunks(data, index):
-        if kind == b"eXIf":
-            orientation = _exif_orientation(data[start : start + length])
-            break
-    return Header("png", w, h, orientation)
-
-
-def _png_chunks(data: bytes, index: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, where its data starts, its length) of each chunk up to IEND, at most spec.MAX_PNG_CHUNKS."""
-    pos = 8
-    for _chunk in range(spec.MAX_PNG_CHUNKS):
-        if pos + 8 > len(data):
-            return
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if kind == b"IEND":
-            return
-        yield kind, pos + 8, length
-        pos += 12 + length
-    raise EncodedImageError(index, f"corrupt png: over {spec.MAX_PNG_CHUNKS} chunks")
+    try:
+        w, h = png.check_ihdr(data)
+        exif = png.exif(data)
+    except png.PngError as e:
+        raise EncodedImageError(index, str(e)) from None
+    return Header("png", w, h, 1 if exif is None else _exif_orientation(exif))
 
 
 def _webp(data: bytes, index: int) -> Header:
@@ -310,8 +289,6 @@ def _webp(data: bytes, index: int) -> Header:
 
 
 _HEADER_READERS = {"jpeg": _jpeg, "png": _png, "webp": _webp}
-# PNG: the bit depths each colour type allows (grey, RGB, palette, grey + alpha, RGBA).
-_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
 def orientation_of(data: bytes) -> int:
@@ -341,83 +318,15 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(image) if orientation != 1 else image
 
 
-# PNG: samples per pixel by colour type, and Adam7's passes as (first column, first row, steps).
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-_INFLATE_STEP = 1 << 20
-
-
-def _last_rows_blank(image: Image.Image) -> bool:
-    """Whether one of the last two rows is all zeros, as Pillow leaves the rows a short zlib stream
-    never reached (the last two: an interlaced image's last pass fills every other row)."""
-    w, h = image.size
-    rows = np.asarray(image.crop((0, max(h - 2, 0), w, h))).reshape(min(h, 2), -1)
-    return not rows.any(axis=1).all()
-
-
-def _png_data_short(data: bytes, index: int) -> bool:
-    """Whether the image data inflates to fewer bytes than IHDR's image needs (filter bytes
-    included): inflated and thrown away, at most the image's size, so data past the image costs
-    nothing. Run only where the decoded image's last rows are blank (`_last_rows_blank`)."""
-    w, h, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
-    bits = depth * _PNG_CHANNELS[colour]
-    need = 0
-    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
-        cols, rows = -(-(w - x0) // dx), -(-(h - y0) // dy)
-        if cols > 0 and rows > 0:
-            need += rows * (1 + -(-cols * bits // 8))
-    inflate, got = zlib.decompressobj(), 0
-    try:
-        for kind, start, length in _png_chunks(data, index):
-            rest: bytes = data[start : start + length] if kind == b"IDAT" else b""
-            while rest and got < need and not inflate.eof:
-                got += len(inflate.decompress(rest, min(_INFLATE_STEP, need - got)))
-                rest = inflate.unconsumed_tail
-            if got >= need or inflate.eof:
-                break
-    except zlib.error:
-        return True
-    return got < need
-
-
-def _decode_png(data: bytes, index: int) -> np.ndarray:
-    """A PNG by Pillow, as OpenCV's IMREAD_COLOR gives it: 16-bit samples cut to their high byte,
-    palettes expanded, 1/2/4-bit grey scaled to 0-255, alpha dropped, grey repeated into BGR.
-
-    Not by OpenCV: its libpng inflates every compressed chunk in full, so a small file makes it
-    work for a long time (1 MB of data after the image's own: 1.1 s; 400 KB of zTXt chunks:
-    0.7 s). Pillow stops at the end of the image and caps text and ICC chunks (1 MB each, 64 MB
-    in all). tests/test_encoded.py checks the pixels against OpenCV's for every PNG layout."""
-    try:
-        opened = Image.open(io.BytesIO(data), formats=["PNG"])
-        opened.load()
-    except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow's ways of saying corrupt or too big
-        raise EncodedImageError(index, f"corrupt or oversized png: {e}") from None
-    with opened:
-        if _last_rows_blank(opened) and _png_data_short(data, index):  # Pillow left them black; OpenCV refuses
-            raise EncodedImageError(index, "corrupt png: its image data ends before its last row")
-        image = opened
-        if opened.mode == "P":  # the palette's colours (by RGBA where tRNS is there: Pillow asks that)
-            image = opened.convert("RGBA" if "transparency" in opened.info else "RGB")
-        pixels = np.asarray(image)
-        del image  # Pillow's copy goes before the conversion below makes another
-    if pixels.dtype == bool:  # 1-bit grey
-        pixels = pixels.astype(np.uint8) * 255
-    elif pixels.dtype != np.uint8:  # 16-bit grey (Pillow's I;16 or I): libpng's strip_16 keeps the high byte
-        pixels = (pixels.astype(np.uint32) >> 8).astype(np.uint8)
-    if pixels.ndim == 2:
-        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
-    if pixels.shape[2] == 2:  # grey + alpha
-        return cv2.cvtColor(np.ascontiguousarray(pixels[..., 0]), cv2.COLOR_GRAY2BGR)
-    return cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2BGR)
-
-
 def decode(data: bytes, header: Header, index: int) -> np.ndarray:
     """One checked file -> BGR uint8 (H, W, 3), oriented: JPEG and WebP by OpenCV, with its own EXIF
-    handling switched off (IMREAD_IGNORE_ORIENTATION), PNG by Pillow (`_decode_png`), which has
+    handling switched off (IMREAD_IGNORE_ORIENTATION), PNG by Pillow (`png.decode`), which has
     none; `orient` applies the header's orientation, the same way on every decoder."""
     if header.format == "png":
-        image = _decode_png(data, index)
+        try:
+            image = png.decode(data)
+        except png.PngError as e:
+            raise EncodedImageError(index, str(e)) from None
     else:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
