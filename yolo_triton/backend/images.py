@@ -80,6 +80,11 @@ def cut(values: Sequence[T], pieces: Sequence[Any]) -> list[list[T]]:
     return out
 
 
+def first_error(results: Sequence[object]) -> InputError | None:
+    """The first refusal among one request's pieces, which refuses the request; None if none."""
+    return next((r for r in results if isinstance(r, InputError)), None)
+
+
 def regroup(results: Sequence[Outputs | InputError], counts: Sequence[int]) -> list[Outputs | InputError]:
     """The pieces' answers joined into one per request (the first refusal of a request refuses it)."""
     out: list[Outputs | InputError] = []
@@ -87,6 +92,6 @@ def regroup(results: Sequence[Outputs | InputError], counts: Sequence[int]) -> l
     for n in counts:
         mine = results[start : start + n]
         start += n
-        error = next((r for r in mine if isinstance(r, InputError)), None)
+        error = first_error(mine)
         out.append(error if error is not None else (mine[0] if n == 1 else merge(mine)))
     return out

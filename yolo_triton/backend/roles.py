@@ -16,7 +16,7 @@ import numpy as np
 
 from yolo_triton import spec
 from yolo_triton.backend.args import ModelArgs
-from yolo_triton.backend.images import count, cut, flatten, host_pieces, regroup
+from yolo_triton.backend.images import count, cut, first_error, flatten, host_pieces, regroup
 from yolo_triton.backend.metrics import Stopwatch
 from yolo_triton.backend.requests import Requests
 from yolo_triton.backend.tensors import NumpyIO, TensorIO
@@ -67,8 +67,8 @@ class Preprocess:
         sizes = [count(p) for p in pieces]
         results: list[tuple[np.ndarray, np.ndarray] | InputError] = []
         for px, mine in zip(split(pixels, sizes), split(rows, counts)):
-            error = next((r for r in mine if isinstance(r, InputError)), None)
-            results.append(error if error is not None else (px, _concat(list(mine))))  # a bad file refuses its request
+            error = first_error(mine)  # a file that did not decode refuses its request
+            results.append(error if error is not None else (px, _concat(list(mine))))
         batch.answer(results, spec.PREPROCESS.outputs)
         return sum(sizes)
 

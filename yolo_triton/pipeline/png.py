@@ -111,7 +111,7 @@ def decode(data: bytes) -> np.ndarray:
         opened = Image.open(io.BytesIO(data), formats=["PNG"])
         opened.load()
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # Pillow's ways of saying corrupt or too big
-        raise PngError(f"corrupt or oversized png: {e}") from None
+        raise PngError(f"corrupt or oversized png: {e}; re-save the file, or send it as JPEG") from None
     with opened:
         if _last_rows_blank(opened) and data_short(data):
             raise PngError("corrupt png: its image data ends before its last row")
